@@ -1,0 +1,239 @@
+//! Callback delivery: one JSON `POST` per endpoint per final window, off the request path.
+//!
+//! The reporter hands deliveries to a bounded queue ([`Callbacks::submit`]); a fixed pool of
+//! blocking worker threads sends them with `ureq`, retrying connect errors, timeouts, 429 and
+//! 5xx with backoff. When the queue is full a delivery is dropped and counted: a slow target
+//! never delays the next window. Every attempt is written to the count log. The SSRF guard
+//! ([`guard`]) sits in the client's resolver; redirects are never followed.
+
+pub mod guard;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use ureq::Agent;
+
+use crate::countlog;
+use crate::metrics::{Attempt, Metrics};
+use guard::{Guard, GuardedResolver};
+
+/// Delivery settings, from the `--callback-*` flags.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub guard: Guard,
+    pub workers: usize,
+    /// Deliveries waiting for a worker, across windows.
+    pub queue: usize,
+    pub connect_timeout: Duration,
+    /// Whole-attempt timeout: connect, send, and receive the response head.
+    pub timeout: Duration,
+    pub attempts: u32,
+    /// First retry delay; doubles per attempt.
+    pub backoff: Duration,
+}
+
+/// One POST to make.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub endpoint: Box<str>,
+    /// RFC 3339 start of the window, also the `Idempotency-Key`.
+    pub window_start: Arc<str>,
+    pub body: Arc<str>,
+}
+
+/// The delivery pool. Dropping the sender (in [`Callbacks::close`]) lets workers drain the
+/// queue and exit.
+pub struct Callbacks {
+    sender: Mutex<Option<SyncSender<Delivery>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Set at the shutdown deadline: workers stop retrying and leave.
+    abandon: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+impl Callbacks {
+    /// Starts the worker threads.
+    pub fn start(settings: Settings, metrics: Arc<Metrics>) -> Self {
+        let (sender, receiver) = sync_channel(settings.queue);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let agent = agent(&settings);
+        let abandon = Arc::new(AtomicBool::new(false));
+        let workers = (0..settings.workers)
+            .map(|n| {
+                let worker = Worker {
+                    receiver: Arc::clone(&receiver),
+                    agent: agent.clone(),
+                    settings: settings.clone(),
+                    abandon: Arc::clone(&abandon),
+                    metrics: Arc::clone(&metrics),
+                };
+                std::thread::Builder::new()
+                    .name(format!("verve-callback-{n}"))
+                    .spawn(move || worker.run())
+                    .expect("spawn callback worker thread")
+            })
+            .collect();
+        Self {
+            sender: Mutex::new(Some(sender)),
+            workers: Mutex::new(workers),
+            abandon,
+            metrics,
+        }
+    }
+
+    /// Queues a delivery; false (and counted) when the queue is full or closed.
+    pub fn submit(&self, delivery: Delivery) -> bool {
+        let sender = self.sender.lock();
+        let Some(sender) = sender.as_ref() else {
+            return false;
+        };
+        match sender.try_send(delivery) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.metrics
+                    .callbacks_dropped_queue
+                    .fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Stops taking deliveries and waits up to `deadline` for the queued ones to finish.
+    pub async fn close(&self, deadline: Duration) {
+        self.sender.lock().take();
+        let workers = std::mem::take(&mut *self.workers.lock());
+        let joined = tokio::task::spawn_blocking(move || {
+            for worker in workers {
+                let _ = worker.join();
+            }
+        });
+        if tokio::time::timeout(deadline, joined).await.is_err() {
+            self.abandon.store(true, Ordering::Release);
+            log::warn!("callback deliveries still pending at the shutdown deadline were abandoned");
+        }
+    }
+}
+
+fn agent(settings: &Settings) -> Agent {
+    let config = Agent::config_builder()
+        .proxy(None)
+        .max_redirects(0)
+        .max_redirects_will_error(false)
+        .http_status_as_error(false)
+        .timeout_connect(Some(settings.connect_timeout))
+        .timeout_global(Some(settings.timeout))
+        .user_agent(concat!("verve/", env!("CARGO_PKG_VERSION")))
+        .build();
+    let resolver = GuardedResolver::new(Arc::new(settings.guard.clone()));
+    Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::default(),
+        resolver,
+    )
+}
+
+struct Worker {
+    receiver: Arc<Mutex<Receiver<Delivery>>>,
+    agent: Agent,
+    settings: Settings,
+    abandon: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
+}
+
+/// What one attempt came to.
+enum Outcome {
+    Status(u16),
+    Failed(Attempt, &'static str),
+}
+
+impl Worker {
+    fn run(self) {
+        loop {
+            let next = self.receiver.lock().recv();
+            match next {
+                Ok(delivery) => self.deliver(&delivery),
+                Err(_) => return, // closed and drained
+            }
+        }
+    }
+
+    fn deliver(&self, delivery: &Delivery) {
+        let shown = redact(&delivery.endpoint);
+        for attempt in 1..=self.settings.attempts {
+            if self.abandon.load(Ordering::Acquire) {
+                return;
+            }
+            let outcome = self.attempt(delivery);
+            let retry = match outcome {
+                Outcome::Status(status) => {
+                    let delivered = (200..300).contains(&status);
+                    self.metrics.attempt(if delivered {
+                        Attempt::Delivered
+                    } else {
+                        Attempt::Status
+                    });
+                    log::info!(target: countlog::TARGET,
+                        "callback endpoint={shown} window_start={} attempt={attempt} status={status}",
+                        delivery.window_start);
+                    status == 429 || status >= 500
+                }
+                Outcome::Failed(kind, word) => {
+                    self.metrics.attempt(kind);
+                    log::info!(target: countlog::TARGET,
+                        "callback endpoint={shown} window_start={} attempt={attempt} error={word}",
+                        delivery.window_start);
+                    matches!(kind, Attempt::Timeout | Attempt::Connect)
+                }
+            };
+            if !retry || attempt == self.settings.attempts {
+                return;
+            }
+            std::thread::sleep(self.settings.backoff * 2u32.pow(attempt - 1));
+        }
+    }
+
+    fn attempt(&self, delivery: &Delivery) -> Outcome {
+        let sent = self
+            .agent
+            .post(&*delivery.endpoint)
+            .header("Content-Type", "application/json")
+            .header("Idempotency-Key", &*delivery.window_start)
+            .send(delivery.body.as_bytes());
+        match sent {
+            // The body is not read: a receiver cannot make us buffer a large answer.
+            Ok(response) => Outcome::Status(response.status().as_u16()),
+            Err(e) if guard::is_blocked(&e) => Outcome::Failed(Attempt::Blocked, "blocked"),
+            Err(ureq::Error::Timeout(_)) => Outcome::Failed(Attempt::Timeout, "timeout"),
+            Err(ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound) => {
+                Outcome::Failed(Attempt::Connect, "connect")
+            }
+            Err(e) => {
+                log::debug!("callback to {}: {e}", redact(&delivery.endpoint));
+                Outcome::Failed(Attempt::Error, "protocol")
+            }
+        }
+    }
+}
+
+/// The endpoint as logged: its query string, which may carry secrets, becomes `?…`.
+pub fn redact(endpoint: &str) -> std::borrow::Cow<'_, str> {
+    match endpoint.split_once('?') {
+        Some((base, _)) => format!("{base}?…").into(),
+        None => endpoint.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redacts_query_strings() {
+        assert_eq!(redact("http://a/hook?token=s3cret"), "http://a/hook?…");
+        assert_eq!(redact("http://a/hook"), "http://a/hook");
+    }
+}

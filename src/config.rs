@@ -1,0 +1,223 @@
+//! Settings: every flag has an environment variable; flags win (SPEC §5).
+//!
+//! Parsing and cross-checks live here so that a bad value stops start-up with one line that
+//! names the flag, and exit code 2. Nothing else in the crate reads the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+use ipnet::IpNet;
+
+use crate::callback;
+use crate::callback::guard::Guard;
+
+/// Counts distinct ids per wall-clock window; see README.md.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "verve", version, about, allow_negative_numbers = true)]
+pub struct Config {
+    /// Address for the HTTP listener.
+    #[arg(long, env = "VERVE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// File the per-window counts (and callback attempts) are appended to.
+    #[arg(long, env = "VERVE_LOG_FILE", default_value = "requests.log")]
+    pub log_file: PathBuf,
+
+    /// Window length in seconds; windows are aligned to the Unix epoch.
+    #[arg(long, env = "VERVE_WINDOW_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..=86_400))]
+    pub window_secs: u32,
+
+    /// How long after a window ends its count is read (late requests still count).
+    #[arg(long, env = "VERVE_GRACE_MS", default_value_t = 1000)]
+    pub grace_ms: u64,
+
+    /// Comma-separated CIDRs callbacks may reach although not public (e.g. 127.0.0.0/8).
+    #[arg(long, env = "VERVE_CALLBACK_ALLOW", default_value = "")]
+    pub callback_allow: CidrList,
+
+    /// Distinct callback endpoints kept per window; more are dropped and counted.
+    #[arg(long, env = "VERVE_CALLBACK_MAX_ENDPOINTS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub callback_max_endpoints: u32,
+
+    /// Threads delivering callbacks (each holds one delivery at a time).
+    #[arg(long, env = "VERVE_CALLBACK_WORKERS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub callback_workers: u32,
+
+    /// Deliveries waiting for a worker, across windows; more are dropped and counted.
+    #[arg(long, env = "VERVE_CALLBACK_QUEUE", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub callback_queue: u32,
+
+    /// Connect timeout of one callback attempt.
+    #[arg(long, env = "VERVE_CALLBACK_CONNECT_TIMEOUT_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub callback_connect_timeout_ms: u64,
+
+    /// Total timeout of one callback attempt.
+    #[arg(long, env = "VERVE_CALLBACK_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub callback_timeout_ms: u64,
+
+    /// Attempts per callback (retries on connect errors, timeouts, 429 and 5xx).
+    #[arg(long, env = "VERVE_CALLBACK_ATTEMPTS", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub callback_attempts: u32,
+
+    /// Delay before the first retry; doubles with each further attempt.
+    #[arg(long, env = "VERVE_CALLBACK_BACKOFF_MS", default_value_t = 250)]
+    pub callback_backoff_ms: u64,
+
+    /// After SIGTERM, how long /readyz answers 503 before the listener closes.
+    #[arg(long, env = "VERVE_SHUTDOWN_DELAY_MS", default_value_t = 0)]
+    pub shutdown_delay_ms: u64,
+
+    /// After the listener closes, how long in-flight requests, and then due callbacks, get.
+    #[arg(long, env = "VERVE_SHUTDOWN_TIMEOUT_MS", default_value_t = 5000)]
+    pub shutdown_timeout_ms: u64,
+
+    /// A connection must send a complete request head within this time (slowloris).
+    #[arg(long, env = "VERVE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
+
+    /// Shifts this instance's clock (testing clock skew between instances).
+    #[arg(long, env = "VERVE_CLOCK_OFFSET_MS", default_value_t = 0, hide = true)]
+    pub clock_offset_ms: i64,
+}
+
+/// A comma-separated list of CIDRs; empty means none.
+#[derive(Debug, Clone, Default)]
+pub struct CidrList(pub Vec<IpNet>);
+
+impl FromStr for CidrList {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .map(|part| {
+                part.parse::<IpNet>()
+                    .map_err(|_| format!("'{part}' is not a CIDR such as 127.0.0.0/8"))
+            })
+            .collect::<Result<_, _>>()
+            .map(CidrList)
+    }
+}
+
+/// Why start-up stops: print the message, exit with the code.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub message: String,
+    pub exit_code: i32,
+}
+
+impl Config {
+    /// Reads flags and environment; `--help` and `--version` come back as errors with code 0.
+    pub fn load() -> Result<Self, ConfigError> {
+        Self::load_from(std::env::args_os())
+    }
+
+    pub fn load_from<I, T>(args: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let config = Self::try_parse_from(args).map_err(|e| {
+            use clap::error::ErrorKind::{DisplayHelp, DisplayVersion};
+            if matches!(e.kind(), DisplayHelp | DisplayVersion) {
+                ConfigError {
+                    message: e.to_string(),
+                    exit_code: 0,
+                }
+            } else {
+                let rendered = e.to_string();
+                let first = rendered.lines().next().unwrap_or("invalid arguments");
+                ConfigError {
+                    message: format!("verve: {}", first.trim_start_matches("error: ")),
+                    exit_code: 2,
+                }
+            }
+        })?;
+        config.validate().map_err(|message| ConfigError {
+            message: format!("verve: {message}"),
+            exit_code: 2,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let window_ms = u64::from(self.window_secs) * 1000;
+        if self.grace_ms >= window_ms {
+            return Err(format!(
+                "--grace-ms ({}) must be shorter than the window (--window-secs {} = {window_ms} ms)",
+                self.grace_ms, self.window_secs
+            ));
+        }
+        Ok(())
+    }
+
+    /// The callback pool's settings.
+    pub fn callback_settings(&self) -> callback::Settings {
+        callback::Settings {
+            guard: Guard::new(self.callback_allow.0.clone()),
+            workers: self.callback_workers as usize,
+            queue: self.callback_queue as usize,
+            connect_timeout: Duration::from_millis(self.callback_connect_timeout_ms),
+            timeout: Duration::from_millis(self.callback_timeout_ms),
+            attempts: self.callback_attempts,
+            backoff: Duration::from_millis(self.callback_backoff_ms),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(args: &[&str]) -> Result<Config, ConfigError> {
+        Config::load_from(std::iter::once("verve").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = load(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.log_file, PathBuf::from("requests.log"));
+        assert_eq!((c.window_secs, c.grace_ms), (60, 1000));
+        assert_eq!(c.callback_max_endpoints, 1000);
+        assert!(c.callback_allow.0.is_empty());
+    }
+
+    #[test]
+    fn bad_values_name_the_flag_in_one_line() {
+        for (args, flag) in [
+            (&["--window-secs", "0"][..], "--window-secs"),
+            (&["--window-secs", "x"][..], "--window-secs"),
+            (&["--grace-ms", "-1"][..], "--grace-ms"),
+            (&["--listen", "nowhere"][..], "--listen"),
+            (&["--callback-allow", "10.0.0.0/33"][..], "--callback-allow"),
+            (
+                &["--window-secs", "1", "--grace-ms", "1000"][..],
+                "--grace-ms",
+            ),
+            (&["--no-such-flag"][..], "--no-such-flag"),
+        ] {
+            let err = load(args).unwrap_err();
+            assert_eq!(err.exit_code, 2, "{args:?}");
+            assert!(err.message.contains(flag), "{args:?}: {}", err.message);
+            assert_eq!(err.message.lines().count(), 1, "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn parses_cidr_lists() {
+        let c = load(&["--callback-allow", "127.0.0.0/8, 10.0.0.0/8,::1/128"]).unwrap();
+        assert_eq!(c.callback_allow.0.len(), 3);
+    }
+}

@@ -1,0 +1,139 @@
+//! verve counts, exactly, how many distinct ids arrive in each wall-clock window.
+//!
+//! The major components, in the order a request meets them:
+//!
+//! * [`http`] — the edge: accepts connections, routes, parses and validates the accept
+//!   query, answers. Maps every error cause to a status in one place.
+//! * [`window`] — time and the local windows: which window a timestamp belongs to, the exact
+//!   per-window id sets, and the in-flight count that tells when a window is final.
+//! * [`report`] — the window tick: closes each window after its grace, writes its count to
+//!   the count log and hands its endpoints to the callback pool.
+//! * [`callback`] — delivery of the per-window POSTs on blocking worker threads, with
+//!   retries and the SSRF guard.
+//! * [`countlog`] — the `log` sink that puts count lines in a file and diagnostics on stderr.
+//! * [`config`] — flags and environment, checked at start-up.
+//! * [`metrics`] — counters exported at `/metrics`.
+//!
+//! [`run`] wires them together on an already-bound listener, so tests and `main` start the
+//! same server.
+
+pub mod callback;
+pub mod config;
+pub mod countlog;
+pub mod http;
+pub mod metrics;
+pub mod report;
+pub mod window;
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use callback::Callbacks;
+use config::Config;
+use metrics::Metrics;
+use window::{Clock, SystemClock, Windows};
+
+/// State shared by the edge, the reporter and the callback pool.
+pub struct Shared {
+    pub settings: Config,
+    pub clock: Arc<dyn Clock>,
+    pub windows: Windows,
+    pub metrics: Arc<Metrics>,
+    pub callbacks: Callbacks,
+    /// False once shutdown began: `/readyz` answers 503 so load balancers drain us.
+    pub ready: AtomicBool,
+}
+
+impl Shared {
+    fn new(settings: Config, clock: Arc<dyn Clock>) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let windows = Windows::new(
+            clock.now_ms(),
+            i64::from(settings.window_secs),
+            settings.callback_max_endpoints as usize,
+        );
+        let callbacks = Callbacks::start(settings.callback_settings(), Arc::clone(&metrics));
+        Self {
+            settings,
+            clock,
+            windows,
+            metrics,
+            callbacks,
+            ready: AtomicBool::new(true),
+        }
+    }
+
+    fn render_metrics(&self) -> String {
+        let now = self.clock.now_ms();
+        let current = window::window_start(now, self.windows.secs());
+        let current_ids = self
+            .windows
+            .open()
+            .iter()
+            .find(|w| w.start == current)
+            .map_or(0, |w| w.count());
+        self.metrics
+            .render(current_ids, countlog::write_errors(), metrics::rss_bytes())
+    }
+}
+
+/// Runs the service on `listener` until `shutdown` resolves, then shuts down as SPEC §7 says:
+/// readiness off, listener drained and closed, ended windows reported, the open window logged
+/// as partial, due callbacks delivered within the shutdown timeout.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let clock = Arc::new(SystemClock {
+        offset_ms: config.clock_offset_ms,
+    });
+    let deadline = Duration::from_millis(config.shutdown_timeout_ms);
+    let shared = Arc::new(Shared::new(config, clock));
+
+    let (finish, finishing) = watch::channel(false);
+    let reporter = tokio::spawn(report::run(Arc::clone(&shared), finishing));
+    let reopener = tokio::spawn(reopen_count_log_on_sighup());
+
+    http::serve(listener, Arc::clone(&shared), shutdown).await;
+
+    let _ = finish.send(true);
+    if let Err(e) = reporter.await {
+        log::error!("reporter failed: {e}");
+    }
+    shared.callbacks.close(deadline).await;
+    reopener.abort();
+    Ok(())
+}
+
+async fn reopen_count_log_on_sighup() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        log::warn!("cannot listen for SIGHUP; the count log will not be reopened");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        countlog::reopen();
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        log::error!("cannot listen for SIGTERM/SIGINT");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,277 @@
+//! Counters for `/metrics`, in the Prometheus text format.
+//!
+//! Request counters are striped per thread (each stripe on its own cache line), so counting
+//! on the request path never bounces a shared line between cores. Everything else is touched
+//! once per window or per callback attempt and uses plain atomics.
+
+use std::cell::Cell;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Stripes per counter; threads map onto them round-robin.
+const STRIPES: usize = 16;
+
+#[repr(align(128))]
+#[derive(Default)]
+struct Stripe(AtomicU64);
+
+/// A counter that many threads bump without contending.
+pub struct Striped {
+    stripes: [Stripe; STRIPES],
+}
+
+impl Default for Striped {
+    fn default() -> Self {
+        Self {
+            stripes: std::array::from_fn(|_| Stripe::default()),
+        }
+    }
+}
+
+thread_local! {
+    static STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+fn stripe_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    STRIPE.with(|s| {
+        if s.get() == usize::MAX {
+            s.set(NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES);
+        }
+        s.get()
+    })
+}
+
+impl Striped {
+    pub fn inc(&self) {
+        self.stripes[stripe_index()]
+            .0
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.stripes
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// How a request was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    BadRequest,
+    NotFound,
+    MethodNotAllowed,
+    UriTooLong,
+    Unavailable,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 6] = [
+        Outcome::Ok,
+        Outcome::BadRequest,
+        Outcome::NotFound,
+        Outcome::MethodNotAllowed,
+        Outcome::UriTooLong,
+        Outcome::Unavailable,
+    ];
+
+    pub fn status(self) -> u16 {
+        match self {
+            Outcome::Ok => 200,
+            Outcome::BadRequest => 400,
+            Outcome::NotFound => 404,
+            Outcome::MethodNotAllowed => 405,
+            Outcome::UriTooLong => 414,
+            Outcome::Unavailable => 503,
+        }
+    }
+}
+
+/// The result of one callback attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    /// A 2xx answer.
+    Delivered,
+    /// Any other HTTP status.
+    Status,
+    Timeout,
+    Connect,
+    /// Refused by the SSRF guard or the host allow-list.
+    Blocked,
+    /// Anything else (TLS, protocol).
+    Error,
+}
+
+impl Attempt {
+    const ALL: [Attempt; 6] = [
+        Attempt::Delivered,
+        Attempt::Status,
+        Attempt::Timeout,
+        Attempt::Connect,
+        Attempt::Blocked,
+        Attempt::Error,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Attempt::Delivered => "delivered",
+            Attempt::Status => "http_error",
+            Attempt::Timeout => "timeout",
+            Attempt::Connect => "connect",
+            Attempt::Blocked => "blocked",
+            Attempt::Error => "error",
+        }
+    }
+}
+
+/// Every counter the service exports.
+#[derive(Default)]
+pub struct Metrics {
+    /// Requests by outcome, indexed like `Outcome::ALL`.
+    requests: [Striped; 6],
+    /// Windows written to the count log (partial ones included).
+    pub windows_reported: AtomicU64,
+    /// Callback attempts by result, indexed like `Attempt::ALL`.
+    callback_attempts: [AtomicU64; 6],
+    /// Deliveries dropped because the pending queue was full.
+    pub callbacks_dropped_queue: AtomicU64,
+    /// Endpoints refused because a window already had the maximum.
+    pub endpoints_dropped: AtomicU64,
+    /// Distinct ids in the last reported window.
+    pub last_window_ids: AtomicU64,
+}
+
+impl Metrics {
+    pub fn request(&self, outcome: Outcome) {
+        self.requests[outcome as usize].inc();
+    }
+
+    pub fn attempt(&self, attempt: Attempt) {
+        self.callback_attempts[attempt as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn requests(&self, outcome: Outcome) -> u64 {
+        self.requests[outcome as usize].get()
+    }
+
+    /// The exposition text; the arguments are sampled by the caller.
+    pub fn render(
+        &self,
+        current_window_ids: usize,
+        count_log_errors: u64,
+        rss_bytes: Option<u64>,
+    ) -> String {
+        let mut out = String::with_capacity(2048);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        out.push_str("# HELP verve_requests_total Accept requests by response status.\n");
+        out.push_str("# TYPE verve_requests_total counter\n");
+        for outcome in Outcome::ALL {
+            let _ = writeln!(
+                out,
+                "verve_requests_total{{status=\"{}\"}} {}",
+                outcome.status(),
+                self.requests(outcome)
+            );
+        }
+        let mut counter = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        counter(
+            "verve_windows_reported_total",
+            "Windows written to the count log.",
+            load(&self.windows_reported),
+        );
+        counter(
+            "verve_count_log_errors_total",
+            "Count-log writes that failed.",
+            count_log_errors,
+        );
+        counter(
+            "verve_callbacks_dropped_total",
+            "Callback deliveries dropped because the pending queue was full.",
+            load(&self.callbacks_dropped_queue),
+        );
+        counter(
+            "verve_endpoints_dropped_total",
+            "Endpoints refused because their window held the maximum already.",
+            load(&self.endpoints_dropped),
+        );
+        out.push_str("# HELP verve_callback_attempts_total Callback attempts by result.\n");
+        out.push_str("# TYPE verve_callback_attempts_total counter\n");
+        for attempt in Attempt::ALL {
+            let _ = writeln!(
+                out,
+                "verve_callback_attempts_total{{result=\"{}\"}} {}",
+                attempt.label(),
+                load(&self.callback_attempts[attempt as usize])
+            );
+        }
+        let mut gauge = |name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        };
+        gauge(
+            "verve_window_ids",
+            "Distinct ids in the current window so far.",
+            current_window_ids as u64,
+        );
+        gauge(
+            "verve_last_window_ids",
+            "Distinct ids in the last reported window.",
+            load(&self.last_window_ids),
+        );
+        if let Some(rss) = rss_bytes {
+            gauge("process_resident_memory_bytes", "Resident set size.", rss);
+        }
+        out
+    }
+}
+
+/// Resident set size of this process, from `/proc/self/status`.
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn striped_counts_across_threads() {
+        let c = std::sync::Arc::new(Striped::default());
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let c = c.clone();
+                std::thread::spawn(move || (0..1000).for_each(|_| c.inc()))
+            })
+            .collect();
+        handles.into_iter().for_each(|h| h.join().unwrap());
+        assert_eq!(c.get(), 8000);
+    }
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.request(Outcome::Ok);
+        m.request(Outcome::Ok);
+        m.request(Outcome::BadRequest);
+        m.attempt(Attempt::Blocked);
+        let text = m.render(5, 0, Some(4096));
+        assert!(text.contains("verve_requests_total{status=\"200\"} 2\n"));
+        assert!(text.contains("verve_requests_total{status=\"400\"} 1\n"));
+        assert!(text.contains("verve_callback_attempts_total{result=\"blocked\"} 1\n"));
+        assert!(text.contains("verve_window_ids 5\n"));
+        assert!(text.contains("process_resident_memory_bytes 4096\n"));
+    }
+}

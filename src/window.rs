@@ -1,0 +1,414 @@
+//! Time and the local minute windows.
+//!
+//! Owns the arithmetic that maps a timestamp to its window, the exact per-window id sets and
+//! the per-window in-flight count that lets the reporter read a count only once every request
+//! of that window has finished. It never blocks on I/O and never formats output: the reporter
+//! decides when a window is final and what is written about it.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use parking_lot::RwLock;
+
+/// Start (epoch seconds) of the `secs`-long, epoch-aligned window holding `now_ms`.
+pub fn window_start(now_ms: i64, secs: i64) -> i64 {
+    now_ms.div_euclid(1000).div_euclid(secs) * secs
+}
+
+/// The wall clock, injectable so window rollover is tested without waiting.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock, shifted by a fixed offset (zero outside skew tests).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock {
+    /// Added to the system time; lets tests run instances with skewed clocks.
+    pub offset_ms: i64,
+}
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        let since = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        since + self.offset_ms
+    }
+}
+
+/// One-shot xxh3 with a per-process random seed: cheap for 8-byte ids and not floodable by a
+/// caller who does not know the seed.
+#[derive(Debug, Clone, Copy)]
+pub struct Xxh3Seeded {
+    seed: u64,
+}
+
+impl Xxh3Seeded {
+    /// A hasher builder with a seed drawn from the OS (through std's `RandomState`).
+    pub fn random() -> Self {
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0x0076_6572_7665_u64);
+        Self { seed }
+    }
+}
+
+impl BuildHasher for Xxh3Seeded {
+    type Hasher = Xxh3Hasher;
+    fn build_hasher(&self) -> Xxh3Hasher {
+        Xxh3Hasher {
+            seed: self.seed,
+            state: 0,
+        }
+    }
+}
+
+/// The hasher built by [`Xxh3Seeded`].
+pub struct Xxh3Hasher {
+    seed: u64,
+    state: u64,
+}
+
+impl Hasher for Xxh3Hasher {
+    fn finish(&self) -> u64 {
+        self.state
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.state = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.seed ^ self.state);
+    }
+    fn write_i64(&mut self, id: i64) {
+        self.write(&id.to_le_bytes());
+    }
+}
+
+/// Shards per id set: many, so that growing one shard stalls few writers for little time.
+const SHARDS: usize = 64;
+
+/// One window's ids and the endpoints registered in it.
+pub struct Window {
+    /// Window start, epoch seconds.
+    pub start: i64,
+    ids: DashMap<i64, (), Xxh3Seeded>,
+    endpoints: DashMap<Box<str>, (), Xxh3Seeded>,
+    /// Endpoint slots taken; never exceeds `max_endpoints`, so the set stays bounded.
+    endpoint_slots: AtomicUsize,
+    max_endpoints: usize,
+    /// Set by the first endpoint refused for want of a slot, so the overflow is logged once.
+    endpoints_overflowed: AtomicBool,
+    /// Requests admitted to this window and not yet finished.
+    inflight: AtomicUsize,
+}
+
+/// What happened to an endpoint offered to a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    /// Already known in this window, or newly added.
+    Yes,
+    /// The window's endpoint set is full; this is the first refusal in the window.
+    FirstOverflow,
+    /// The window's endpoint set is full (already reported once).
+    Overflow,
+}
+
+impl Window {
+    fn new(start: i64, hasher: Xxh3Seeded, max_endpoints: usize) -> Self {
+        Self {
+            start,
+            ids: DashMap::with_hasher_and_shard_amount(hasher, SHARDS),
+            endpoints: DashMap::with_hasher_and_shard_amount(hasher, 8),
+            endpoint_slots: AtomicUsize::new(0),
+            max_endpoints,
+            endpoints_overflowed: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Adds `id`; true when it was not in this window yet.
+    pub fn insert(&self, id: i64) -> bool {
+        self.ids.insert(id, ()).is_none()
+    }
+
+    /// Whether `id` is already in this window.
+    pub fn contains(&self, id: i64) -> bool {
+        self.ids.contains_key(&id)
+    }
+
+    /// Distinct ids in this window so far (exact once the window is drained).
+    pub fn count(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Registers a callback endpoint, bounded by `max_endpoints` per window.
+    pub fn register_endpoint(&self, endpoint: &str) -> Registered {
+        if self.endpoints.contains_key(endpoint) {
+            return Registered::Yes;
+        }
+        if self.endpoint_slots.fetch_add(1, Ordering::AcqRel) >= self.max_endpoints {
+            self.endpoint_slots.fetch_sub(1, Ordering::AcqRel);
+            return if self.endpoints_overflowed.swap(true, Ordering::AcqRel) {
+                Registered::Overflow
+            } else {
+                Registered::FirstOverflow
+            };
+        }
+        if self.endpoints.insert(endpoint.into(), ()).is_some() {
+            // Another request registered the same endpoint meanwhile: give the slot back.
+            self.endpoint_slots.fetch_sub(1, Ordering::AcqRel);
+        }
+        Registered::Yes
+    }
+
+    /// The endpoints registered in this window.
+    pub fn endpoints(&self) -> Vec<Box<str>> {
+        self.endpoints.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// Requests admitted and still running.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+}
+
+/// A request's hold on the window it was admitted to; the window's count is not read while
+/// any admission is alive.
+pub struct Admission {
+    window: Arc<Window>,
+}
+
+impl Admission {
+    pub fn window(&self) -> &Window {
+        &self.window
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.window.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The two open windows: the one being filled and its neighbour (the previous one while it
+/// waits out its grace, or the next one, created ahead so requests never create windows).
+pub struct Windows {
+    secs: i64,
+    hasher: Xxh3Seeded,
+    max_endpoints: usize,
+    /// `[older, newer]`, `newer.start == older.start + secs`. Written once per window.
+    open: RwLock<[Arc<Window>; 2]>,
+}
+
+impl Windows {
+    /// Opens the window holding `now_ms` and the one after it.
+    pub fn new(now_ms: i64, secs: i64, max_endpoints: usize) -> Self {
+        let hasher = Xxh3Seeded::random();
+        let first = window_start(now_ms, secs);
+        let open = [
+            Arc::new(Window::new(first, hasher, max_endpoints)),
+            Arc::new(Window::new(first + secs, hasher, max_endpoints)),
+        ];
+        Self {
+            secs,
+            hasher,
+            max_endpoints,
+            open: RwLock::new(open),
+        }
+    }
+
+    /// Window length in seconds.
+    pub fn secs(&self) -> i64 {
+        self.secs
+    }
+
+    /// Admits a request arriving at `now_ms` to its window. A time before the older open
+    /// window (the clock stepped back into a reported window) lands in the older one; a time
+    /// past the newer one (the reporter has not rotated yet) lands in the newer one.
+    pub fn admit(&self, now_ms: i64) -> Admission {
+        let start = window_start(now_ms, self.secs);
+        let open = self.open.read();
+        let window = if start >= open[1].start {
+            &open[1]
+        } else {
+            &open[0]
+        };
+        // Incremented under the read lock: once `rotate` has taken the write lock, every
+        // admission to the window it removes is visible in `inflight`.
+        window.inflight.fetch_add(1, Ordering::AcqRel);
+        Admission {
+            window: Arc::clone(window),
+        }
+    }
+
+    /// Both open windows, older first.
+    pub fn open(&self) -> [Arc<Window>; 2] {
+        self.open.read().clone()
+    }
+
+    /// Start of the older open window: the next one to be reported.
+    pub fn oldest_start(&self) -> i64 {
+        self.open.read()[0].start
+    }
+
+    /// Closes the older window to new requests and opens the one after the newer. Returns the
+    /// closed window; its count is final once its `inflight` reaches zero.
+    pub fn rotate(&self) -> Arc<Window> {
+        let mut open = self.open.write();
+        let next = Arc::new(Window::new(
+            open[1].start + self.secs,
+            self.hasher,
+            self.max_endpoints,
+        ));
+        let newer = std::mem::replace(&mut open[1], next);
+        std::mem::replace(&mut open[0], newer)
+    }
+}
+
+/// Formats epoch milliseconds as RFC 3339 UTC: `2026-11-24T14:05:00Z`, or with `.mmm` when
+/// `millis` is set.
+pub fn format_utc(epoch_ms: i64, millis: bool) -> String {
+    let secs = epoch_ms.div_euclid(1000);
+    let ms = epoch_ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let tod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    let (hh, mm, ss) = (tod / 3600, tod % 3600 / 60, tod % 60);
+    if millis {
+        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{ms:03}Z")
+    } else {
+        format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}Z")
+    }
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_start_is_epoch_aligned() {
+        assert_eq!(window_start(0, 60), 0);
+        assert_eq!(window_start(59_999, 60), 0);
+        assert_eq!(window_start(60_000, 60), 60);
+        assert_eq!(window_start(1_764_000_123_456, 60), 1_764_000_120);
+        assert_eq!(window_start(-1, 60), -60);
+        assert_eq!(window_start(2_500, 1), 2);
+    }
+
+    #[test]
+    fn formats_rfc3339_utc() {
+        assert_eq!(format_utc(0, false), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(1_795_529_100_000, false), "2026-11-24T14:05:00Z");
+        assert_eq!(
+            format_utc(1_795_529_161_004, true),
+            "2026-11-24T14:06:01.004Z"
+        );
+        assert_eq!(format_utc(951_782_400_000, false), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            format_utc(4_107_542_399_999, true),
+            "2100-02-28T23:59:59.999Z"
+        );
+    }
+
+    #[test]
+    fn counts_distinct_ids() {
+        let w = Windows::new(120_000, 60, 10);
+        for id in [1, 2, 2, 3, 1, -1, i64::MIN, i64::MAX] {
+            w.admit(125_000).window().insert(id);
+        }
+        assert_eq!(w.open()[0].count(), 6);
+        assert_eq!(w.open()[1].count(), 0);
+    }
+
+    #[test]
+    fn admits_by_arrival_time_and_clamps_to_open_windows() {
+        let w = Windows::new(120_000, 60, 10);
+        let [older, newer] = w.open();
+        assert_eq!((older.start, newer.start), (120, 180));
+        w.admit(179_999).window().insert(1); // older
+        w.admit(180_000).window().insert(2); // newer
+        w.admit(10_000).window().insert(3); // clock stepped back: the older open window
+        w.admit(900_000).window().insert(4); // far ahead of the reporter: the newer one
+        assert_eq!(older.count(), 2);
+        assert_eq!(newer.count(), 2);
+    }
+
+    #[test]
+    fn rotation_hands_back_the_older_window_and_opens_the_next() {
+        let w = Windows::new(120_000, 60, 10);
+        let held = w.admit(130_000);
+        held.window().insert(7);
+        let closed = w.rotate();
+        assert_eq!(closed.start, 120);
+        assert_eq!(
+            closed.inflight(),
+            1,
+            "the live admission keeps the count open"
+        );
+        drop(held);
+        assert_eq!(closed.inflight(), 0);
+        assert_eq!(closed.count(), 1);
+        let [older, newer] = w.open();
+        assert_eq!((older.start, newer.start), (180, 240));
+        // A late request for the closed window now counts in the oldest open one.
+        w.admit(130_000).window().insert(8);
+        assert_eq!(older.count(), 1);
+        assert_eq!(closed.count(), 1);
+    }
+
+    #[test]
+    fn endpoints_are_bounded_per_window() {
+        let w = Windows::new(0, 60, 2);
+        let win = w.admit(0);
+        let win = win.window();
+        assert_eq!(win.register_endpoint("http://a/"), Registered::Yes);
+        assert_eq!(win.register_endpoint("http://a/"), Registered::Yes);
+        assert_eq!(win.register_endpoint("http://b/"), Registered::Yes);
+        assert_eq!(
+            win.register_endpoint("http://c/"),
+            Registered::FirstOverflow
+        );
+        assert_eq!(win.register_endpoint("http://d/"), Registered::Overflow);
+        assert_eq!(win.register_endpoint("http://a/"), Registered::Yes);
+        let mut eps = win.endpoints();
+        eps.sort();
+        assert_eq!(eps, vec!["http://a/".into(), "http://b/".into()]);
+    }
+
+    #[test]
+    fn concurrent_inserts_count_exactly() {
+        let w = Arc::new(Windows::new(0, 60, 1));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let w = Arc::clone(&w);
+                std::thread::spawn(move || {
+                    for i in 0..50_000i64 {
+                        // Every thread sends the same ids, half of them once more.
+                        w.admit(1_000).window().insert(i);
+                        if (i + t) % 2 == 0 {
+                            w.admit(1_000).window().insert(i);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(w.open()[0].count(), 50_000);
+    }
+}
