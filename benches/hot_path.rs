@@ -1,1 +1,74 @@
+//! Micro-benchmarks of the accept path's own work: query parsing and the window insert.
+//! `cargo bench` measures; `cargo test --benches` (CI) runs each once to keep them working.
 
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use verve::http::query;
+use verve::window::Windows;
+
+fn parse(c: &mut Criterion) {
+    let mut group = c.benchmark_group("query");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("id only", |b| {
+        b.iter(|| query::parse(black_box("id=8402937461023")))
+    });
+    group.bench_function("id and plain endpoint", |b| {
+        b.iter(|| {
+            query::parse(black_box(
+                "id=8402937461023&endpoint=https://example.com/hook",
+            ))
+        })
+    });
+    group.bench_function("id and encoded endpoint", |b| {
+        b.iter(|| {
+            query::parse(black_box(
+                "id=8402937461023&endpoint=https%3A%2F%2Fexample.com%2Fhook%3Fa%3D1",
+            ))
+        })
+    });
+    group.finish();
+}
+
+fn insert(c: &mut Criterion) {
+    let mut group = c.benchmark_group("window");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("admit and insert unique id", |b| {
+        let windows = Windows::new(0, 3600, 1000);
+        let mut id = 0i64;
+        b.iter(|| {
+            id += 1;
+            windows
+                .admit(black_box(1_000))
+                .window()
+                .insert(black_box(id))
+        })
+    });
+    group.bench_function("admit and insert duplicate id", |b| {
+        let windows = Windows::new(0, 3600, 1000);
+        windows.admit(1_000).window().insert(42);
+        b.iter(|| {
+            windows
+                .admit(black_box(1_000))
+                .window()
+                .insert(black_box(42))
+        })
+    });
+    group.bench_function("register known endpoint", |b| {
+        let windows = Windows::new(0, 3600, 1000);
+        windows
+            .admit(1_000)
+            .window()
+            .register_endpoint("https://example.com/hook");
+        b.iter(|| {
+            windows
+                .admit(1_000)
+                .window()
+                .register_endpoint(black_box("https://example.com/hook"))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parse, insert);
+criterion_main!(benches);

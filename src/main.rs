@@ -28,9 +28,16 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let address = listener.local_addr().map_or_else(|_| config.listen, |a| a);
+    let shutdown = match verve::shutdown_signal() {
+        Ok(shutdown) => shutdown,
+        Err(e) => {
+            eprintln!("verve: cannot listen for SIGTERM/SIGINT: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let address = listener.local_addr().unwrap_or(config.listen);
     println!("verve listening on {address} mode=single");
-    match verve::run(config, listener, verve::shutdown_signal()).await {
+    match verve::run(config, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("verve: {e}");

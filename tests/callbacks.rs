@@ -1,0 +1,225 @@
+//! Callbacks against a real HTTP receiver on loopback: one POST per endpoint per window,
+//! retries, timeouts, redirects not followed, the SSRF guard, and a free accept path.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{
+    Line, Receiver, Verve, closed_port, encode, rfc3339, sleep_into_next_window, wait_for,
+};
+
+fn callback_lines(verve: &Verve, path_part: &str) -> Vec<Line> {
+    verve
+        .lines()
+        .into_iter()
+        .filter(|l| l.kind == "callback" && l.get("endpoint").contains(path_part))
+        .collect()
+}
+
+fn attempts(lines: &[Line]) -> Vec<(String, String)> {
+    lines
+        .iter()
+        .map(|l| {
+            let result = match l.get("status") {
+                "" => format!("error={}", l.get("error")),
+                s => format!("status={s}"),
+            };
+            (l.get("attempt").to_string(), result)
+        })
+        .collect()
+}
+
+#[test]
+fn delivers_once_per_endpoint_retries_failures_and_never_slows_accepts() {
+    let receiver = Receiver::start();
+    let verve = Verve::start(&[
+        "--window-secs",
+        "1",
+        "--grace-ms",
+        "200",
+        "--callback-allow",
+        "127.0.0.0/8",
+        "--callback-timeout-ms",
+        "600",
+        "--callback-connect-timeout-ms",
+        "300",
+        "--callback-backoff-ms",
+        "50",
+    ]);
+    let closed = format!("http://127.0.0.1:{}/closed", closed_port());
+    let targets = [
+        receiver.url("/ok?token=s3cret"),
+        receiver.url("/ok2"),
+        receiver.url("/fail"),
+        receiver.url("/hang"),
+        receiver.url("/redirect"),
+        closed,
+    ];
+    let window = sleep_into_next_window(1, 100);
+    let mut conns: Vec<_> = (0..4).map(|_| verve.connect()).collect();
+    for round in 0..5 {
+        for (n, target) in targets.iter().enumerate() {
+            let id = n as i64 * 10 + round % 2; // 12 distinct ids, each sent more than once
+            let conn = &mut conns[(round as usize + n) % 4];
+            let reply = conn.get(&format!(
+                "/api/verve/accept?id={id}&endpoint={}",
+                encode(target)
+            ));
+            assert_eq!(reply.status, 200);
+        }
+    }
+    let line = verve.wait_window(window, Duration::from_secs(5));
+    assert_eq!(line.count(), 12);
+
+    // While the hanging target holds a worker, accepts are answered at once and the next
+    // windows are reported on time.
+    let started = Instant::now();
+    for id in 100..200 {
+        assert_eq!(
+            conns[0].get(&format!("/api/verve/accept?id={id}")).status,
+            200
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "accepts waited on callbacks"
+    );
+    verve.wait_window(window + 2, Duration::from_secs(4));
+
+    let done = wait_for(Duration::from_secs(15), || {
+        let hang = callback_lines(&verve, "/hang");
+        let closed = callback_lines(&verve, "/closed");
+        (hang.len() == 3 && closed.len() == 3).then_some(())
+    });
+    assert!(
+        done.is_some(),
+        "retries did not finish:\n{}",
+        verve.log_text()
+    );
+    std::thread::sleep(Duration::from_millis(300)); // let any stray extra attempt show
+
+    let start = rfc3339(window);
+    let body = format!(
+        r#"{{"window_start":"{start}","window_secs":1,"unique_requests":12,"scope":"local"}}"#
+    );
+    let ok = receiver.to("/ok?");
+    assert_eq!(ok.len(), 1, "exactly one POST per endpoint per window");
+    let post = &ok[0];
+    assert_eq!(post.method, "POST");
+    assert_eq!(post.path, "/ok?token=s3cret");
+    assert_eq!(post.body, body);
+    assert_eq!(post.header("content-type"), Some("application/json"));
+    assert_eq!(post.header("idempotency-key"), Some(start.as_str()));
+    assert!(
+        post.header("user-agent")
+            .unwrap_or("")
+            .starts_with("verve/")
+    );
+    assert_eq!(receiver.to("/ok2").len(), 1);
+    assert_eq!(receiver.to("/fail").len(), 3);
+    assert_eq!(receiver.to("/hang").len(), 3);
+    assert_eq!(receiver.to("/redirect").len(), 1);
+    assert!(
+        receiver.to("/landing").is_empty(),
+        "a redirect was followed"
+    );
+
+    let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        attempts(&callback_lines(&verve, "/ok?")),
+        pairs(&[("1", "status=200")])
+    );
+    assert_eq!(
+        attempts(&callback_lines(&verve, "/fail")),
+        pairs(&[
+            ("1", "status=500"),
+            ("2", "status=500"),
+            ("3", "status=500")
+        ])
+    );
+    assert_eq!(
+        attempts(&callback_lines(&verve, "/hang")),
+        pairs(&[
+            ("1", "error=timeout"),
+            ("2", "error=timeout"),
+            ("3", "error=timeout")
+        ])
+    );
+    assert_eq!(
+        attempts(&callback_lines(&verve, "/closed")),
+        pairs(&[
+            ("1", "error=connect"),
+            ("2", "error=connect"),
+            ("3", "error=connect")
+        ])
+    );
+    assert_eq!(
+        attempts(&callback_lines(&verve, "/redirect")),
+        pairs(&[("1", "status=302")])
+    );
+    for line in callback_lines(&verve, "") {
+        assert_eq!(line.get("window_start"), start);
+    }
+    let log = verve.log_text();
+    assert!(
+        !log.contains("s3cret"),
+        "endpoint query strings must be redacted"
+    );
+    assert!(log.contains(&format!("endpoint=http://{}/ok?… ", receiver.addr)));
+    assert_eq!(
+        verve.metric("verve_callback_attempts_total{result=\"delivered\"}"),
+        2
+    );
+    assert_eq!(
+        verve.metric("verve_callback_attempts_total{result=\"timeout\"}"),
+        3
+    );
+}
+
+#[test]
+fn loopback_targets_are_blocked_without_an_allow_list() {
+    let receiver = Receiver::start();
+    let verve = Verve::start(&["--window-secs", "1", "--grace-ms", "200"]);
+    let by_name = format!("http://localhost:{}/by-name", receiver.addr.port());
+    let window = sleep_into_next_window(1, 100);
+    for (id, target) in [(1, receiver.url("/by-ip")), (2, by_name)] {
+        let reply = verve.get(&format!(
+            "/api/verve/accept?id={id}&endpoint={}",
+            encode(&target)
+        ));
+        assert_eq!(reply.status, 200);
+    }
+    verve.wait_window(window, Duration::from_secs(5));
+    let blocked = wait_for(Duration::from_secs(5), || {
+        let lines = callback_lines(&verve, "/by-");
+        (lines.len() == 2).then_some(lines)
+    })
+    .unwrap_or_else(|| panic!("no blocked attempts logged:\n{}", verve.log_text()));
+    for line in &blocked {
+        assert_eq!(
+            (line.get("attempt"), line.get("error")),
+            ("1", "blocked"),
+            "{}",
+            line.raw
+        );
+    }
+    verve.wait_window(window + 2, Duration::from_secs(4));
+    assert_eq!(
+        callback_lines(&verve, "/by-").len(),
+        2,
+        "a blocked attempt was retried"
+    );
+    assert!(
+        receiver.received().is_empty(),
+        "the guard let a request through"
+    );
+    assert_eq!(
+        verve.metric("verve_callback_attempts_total{result=\"blocked\"}"),
+        2
+    );
+}

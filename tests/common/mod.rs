@@ -1,0 +1,464 @@
+//! The black-box test harness: the real `verve` binary on a loopback port, a raw HTTP/1.1
+//! client, a real callback receiver, and a reader for the count log.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "verve-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `verve` process.
+pub struct Verve {
+    pub addr: SocketAddr,
+    pub log: PathBuf,
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Verve {
+    /// Starts verve on 127.0.0.1:0 with its own count log, plus `args`.
+    pub fn start(args: &[&str]) -> Self {
+        let dir = TempDir::new("verve");
+        let log = dir.0.join("requests.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_verve"))
+            .args(["--listen", "127.0.0.1:0", "--log-file"])
+            .arg(&log)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn verve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read verve's first line");
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| panic!("no listen address in {line:?}"));
+        Self {
+            addr,
+            log,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn connect(&self) -> Conn {
+        Conn::connect(self.addr)
+    }
+
+    /// One GET on a fresh connection.
+    pub fn get(&self, target: &str) -> Reply {
+        self.connect().get(target)
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "verve did not exit in {timeout:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The count log's lines so far.
+    pub fn lines(&self) -> Vec<Line> {
+        read_log(&self.log)
+    }
+
+    /// Window reports (`unique_requests` lines) so far.
+    pub fn windows(&self) -> Vec<Line> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l.kind == "unique_requests")
+            .collect()
+    }
+
+    /// Waits until the window starting at `start` (epoch seconds) is reported; its line.
+    pub fn wait_window(&self, start: i64, timeout: Duration) -> Line {
+        let want = rfc3339(start);
+        wait_for(timeout, || {
+            self.windows()
+                .into_iter()
+                .find(|l| l.get("window_start") == want)
+        })
+        .unwrap_or_else(|| panic!("window {want} not reported; log:\n{}", self.log_text()))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A metric's value from `/metrics` (the exact series name, labels included).
+    pub fn metric(&self, series: &str) -> u64 {
+        let body = self.get("/metrics").body;
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in metrics:\n{body}"))
+    }
+}
+
+impl Drop for Verve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One count-log line: `<ts> <level> <kind> key=value…`.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub raw: String,
+    pub kind: String,
+    pub fields: HashMap<String, String>,
+}
+
+impl Line {
+    pub fn get(&self, key: &str) -> &str {
+        self.fields.get(key).map_or("", String::as_str)
+    }
+
+    pub fn count(&self) -> u64 {
+        self.get("unique_requests")
+            .parse()
+            .unwrap_or_else(|_| panic!("no count in {}", self.raw))
+    }
+
+    pub fn partial(&self) -> bool {
+        self.get("partial") == "true"
+    }
+}
+
+pub fn read_log(path: &Path) -> Vec<Line> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|raw| {
+            let mut words = raw.split(' ');
+            let _ts = words.next();
+            let _level = words.next();
+            let kind = words.next().unwrap_or_default().to_string();
+            let fields = words
+                .filter_map(|w| w.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            Line {
+                raw: raw.to_string(),
+                kind,
+                fields,
+            }
+        })
+        .collect()
+}
+
+/// Polls `probe` every 20 ms until it yields or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Sleeps until `offset_ms` into the next `secs`-long window; returns that window's start.
+pub fn sleep_into_next_window(secs: i64, offset_ms: i64) -> i64 {
+    let now = now_ms();
+    let next = (now / 1000 / secs + 1) * secs;
+    let until = next * 1000 + offset_ms;
+    thread::sleep(Duration::from_millis((until - now) as u64));
+    next
+}
+
+/// RFC 3339 UTC seconds, via `date` so the harness does not share verve's formatter.
+pub fn rfc3339(epoch_secs: i64) -> String {
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("@{epoch_secs}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .expect("run date");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// An HTTP response as the raw client read it.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A keep-alive HTTP/1.1 connection that writes exactly the bytes it is given.
+pub struct Conn {
+    reader: BufReader<TcpStream>,
+    stream: TcpStream,
+}
+
+impl Conn {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Self {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            stream,
+        }
+    }
+
+    pub fn get(&mut self, target: &str) -> Reply {
+        self.request("GET", target)
+    }
+
+    pub fn request(&mut self, method: &str, target: &str) -> Reply {
+        self.try_request(method, target)
+            .unwrap_or_else(|e| panic!("{method} {target:.80}: {e}"))
+    }
+
+    pub fn try_request(&mut self, method: &str, target: &str) -> std::io::Result<Reply> {
+        write!(
+            self.stream,
+            "{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        )?;
+        self.read_reply(method == "HEAD")
+    }
+
+    fn read_reply(&mut self, head_only: bool) -> std::io::Result<Reply> {
+        let mut status_line = String::new();
+        if self.reader.read_line(&mut status_line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            ));
+        }
+        let status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            self.reader.read_line(&mut line)?;
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; if head_only { 0 } else { len }];
+        self.reader.read_exact(&mut body)?;
+        Ok(Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}
+
+/// A request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A real HTTP server on loopback recording every request. What it answers depends on the
+/// path: `/fail…` 500, `/hang…` nothing for 10 s, `/redirect…` 302 to `/landing`, else 200.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    got: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+        let addr = listener.local_addr().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&got);
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let sink = Arc::clone(&sink);
+                thread::spawn(move || serve_receiver(stream, &sink));
+            }
+        });
+        Self { addr, got }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Requests to paths starting with `prefix`.
+    pub fn to(&self, prefix: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.path.starts_with(prefix))
+            .collect()
+    }
+}
+
+fn serve_receiver(stream: TcpStream, sink: &Mutex<Vec<Received>>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(15)));
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut stream = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = request_line.split_whitespace();
+        let method = parts.next().unwrap_or_default().to_string();
+        let path = parts.next().unwrap_or_default().to_string();
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let len: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        sink.lock().unwrap().push(Received {
+            method,
+            path: path.clone(),
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+        let reply = if path.starts_with("/fail") {
+            "HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n".to_string()
+        } else if path.starts_with("/hang") {
+            thread::sleep(Duration::from_secs(10));
+            return;
+        } else if path.starts_with("/redirect") {
+            "HTTP/1.1 302 Found\r\nlocation: /landing\r\ncontent-length: 0\r\n\r\n".to_string()
+        } else {
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_string()
+        };
+        if stream.write_all(reply.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A loopback port with nothing listening.
+pub fn closed_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Percent-encodes everything but unreserved characters (for building endpoint params).
+pub fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
