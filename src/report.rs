@@ -118,3 +118,128 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod clock_tests {
+    use std::sync::atomic::AtomicI64;
+    use std::sync::{Arc, Mutex, OnceLock};
+    use std::time::Duration;
+
+    use log::{Log, Metadata, Record};
+    use tokio::sync::watch;
+
+    use crate::Shared;
+    use crate::config::Config;
+    use crate::countlog::TARGET;
+    use crate::window::Clock;
+
+    /// A clock the test sets by hand.
+    struct ManualClock(AtomicI64);
+
+    impl Clock for ManualClock {
+        fn now_ms(&self) -> i64 {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    /// Captures count-log records (this test binary's only logger).
+    struct Capture(Mutex<Vec<String>>);
+
+    impl Log for Capture {
+        fn enabled(&self, m: &Metadata) -> bool {
+            m.target() == TARGET
+        }
+        fn log(&self, r: &Record) {
+            if r.target() == TARGET {
+                self.0.lock().unwrap().push(r.args().to_string());
+            }
+        }
+        fn flush(&self) {}
+    }
+
+    fn capture() -> &'static Capture {
+        static CAPTURE: OnceLock<&'static Capture> = OnceLock::new();
+        CAPTURE.get_or_init(|| {
+            let capture: &'static Capture = Box::leak(Box::new(Capture(Mutex::new(Vec::new()))));
+            log::set_logger(capture).expect("only logger in this binary");
+            log::set_max_level(log::LevelFilter::Info);
+            capture
+        })
+    }
+
+    fn reported() -> Vec<String> {
+        capture()
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.starts_with("unique_requests"))
+            .map(|l| {
+                let word = |k: &str| {
+                    l.split(' ')
+                        .find_map(|w| w.strip_prefix(k))
+                        .unwrap_or("")
+                        .to_string()
+                };
+                let partial = if l.contains("partial=true") {
+                    " partial"
+                } else {
+                    ""
+                };
+                format!(
+                    "{}={}{partial}",
+                    word("window_start="),
+                    word("unique_requests=")
+                )
+            })
+            .collect()
+    }
+
+    /// The wall clock steps back into a reported window and then leaps ahead: windows are
+    /// still reported in order, each once, empty ones included, and no id is lost.
+    #[tokio::test(start_paused = true)]
+    async fn clock_steps_never_repeat_or_skip_a_window() {
+        capture();
+        let config = Config::load_from(["verve", "--window-secs", "60", "--grace-ms", "1000"])
+            .map_err(|e| e.message)
+            .unwrap();
+        let clock = Arc::new(ManualClock(AtomicI64::new(120_500)));
+        let shared = Arc::new(Shared::new(config, clock.clone()));
+        let (finish, finishing) = watch::channel(false);
+        let reporter = tokio::spawn(super::run(Arc::clone(&shared), finishing));
+        let set = |ms: i64| clock.0.store(ms, std::sync::atomic::Ordering::SeqCst);
+        let settle = || tokio::time::sleep(Duration::from_secs(1));
+
+        for id in [1, 2, 3] {
+            shared.windows.admit(clock.now_ms()).window().insert(id);
+        }
+        set(180_500); // window 120 ended, still within its grace
+        shared.windows.admit(clock.now_ms()).window().insert(4);
+        settle().await;
+        assert!(reported().is_empty(), "reported before its grace ran out");
+        set(181_000);
+        settle().await;
+        assert_eq!(reported(), ["1970-01-01T00:02:00Z=3"]);
+
+        set(150_000); // stepped back into the reported window: counts in the oldest open one
+        shared.windows.admit(clock.now_ms()).window().insert(5);
+        settle().await;
+        assert_eq!(reported().len(), 1, "a window was reported again");
+
+        set(400_000); // leapt ahead: the windows in between are reported, empty ones with 0
+        settle().await;
+        assert_eq!(
+            reported(),
+            [
+                "1970-01-01T00:02:00Z=3",
+                "1970-01-01T00:03:00Z=2",
+                "1970-01-01T00:04:00Z=0",
+                "1970-01-01T00:05:00Z=0",
+            ]
+        );
+        finish.send(true).unwrap();
+        reporter.await.unwrap();
+        assert_eq!(reported().last().unwrap(), "1970-01-01T00:06:00Z=0 partial");
+        assert_eq!(reported().len(), 5);
+    }
+}

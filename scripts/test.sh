@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it (.ci/run sets CI=true): installs what the tests need,
+# checks formatting and lints, then runs unit tests, the black-box tests against the real
+# binary (real callback receivers on loopback) and every criterion benchmark once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+# Tools the tests call: `kill` (signals to the service) and `date` (independent RFC 3339).
+need kill procps
+need date coreutils
+if command -v rustup >/dev/null 2>&1; then
+  rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
+  rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --quiet -- -D warnings
+cargo test --all-targets
