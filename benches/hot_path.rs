@@ -34,7 +34,7 @@ fn insert(c: &mut Criterion) {
     let mut group = c.benchmark_group("window");
     group.throughput(Throughput::Elements(1));
     group.bench_function("admit and insert unique id", |b| {
-        let windows = Windows::new(0, 3600, 1000);
+        let windows = Windows::new(0, 3600, 1000, 0);
         let mut id = 0i64;
         b.iter(|| {
             id += 1;
@@ -45,7 +45,7 @@ fn insert(c: &mut Criterion) {
         })
     });
     group.bench_function("admit and insert duplicate id", |b| {
-        let windows = Windows::new(0, 3600, 1000);
+        let windows = Windows::new(0, 3600, 1000, 0);
         windows.admit(1_000).window().insert(42);
         b.iter(|| {
             windows
@@ -55,7 +55,7 @@ fn insert(c: &mut Criterion) {
         })
     });
     group.bench_function("register known endpoint", |b| {
-        let windows = Windows::new(0, 3600, 1000);
+        let windows = Windows::new(0, 3600, 1000, 0);
         windows
             .admit(1_000)
             .window()

@@ -13,6 +13,7 @@ use ipnet::IpNet;
 
 use crate::callback;
 use crate::callback::guard::Guard;
+use crate::store;
 
 /// Counts distinct ids per wall-clock window; see README.md.
 #[derive(Parser, Debug, Clone)]
@@ -85,6 +86,30 @@ pub struct Config {
     #[arg(long, env = "VERVE_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_ms: u64,
+
+    /// Redis for fleet mode (`redis://` or `rediss://`, user and password allowed); unset
+    /// runs a single node.
+    #[arg(long, env = "VERVE_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Treat --redis-url as a seed node of a Redis Cluster.
+    #[arg(long, env = "VERVE_REDIS_CLUSTER", default_value_t = false,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub redis_cluster: bool,
+
+    /// Sets per window in Redis (spreads a window over a cluster's nodes).
+    #[arg(long, env = "VERVE_REDIS_SHARDS", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub redis_shards: u32,
+
+    /// A Redis command not answered in this time fails (the request gets 503).
+    #[arg(long, env = "VERVE_REDIS_TIMEOUT_MS", default_value_t = 250,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub redis_timeout_ms: u64,
+
+    /// Prefix of every Redis key.
+    #[arg(long, env = "VERVE_REDIS_PREFIX", default_value = "verve")]
+    pub redis_prefix: String,
 
     /// Shifts this instance's clock (testing clock skew between instances).
     #[arg(long, env = "VERVE_CLOCK_OFFSET_MS", default_value_t = 0, hide = true)]
@@ -159,7 +184,39 @@ impl Config {
                 self.grace_ms, self.window_secs
             ));
         }
+        if self.redis_url.is_some() && self.grace_ms <= self.redis_timeout_ms {
+            return Err(format!(
+                "--grace-ms ({}) must be longer than --redis-timeout-ms ({}) in fleet mode",
+                self.grace_ms, self.redis_timeout_ms
+            ));
+        }
+        if let Some(url) = &self.redis_url
+            && ![
+                "redis://",
+                "rediss://",
+                "redis-cluster://",
+                "rediss-cluster://",
+            ]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+        {
+            return Err("--redis-url must start with redis:// or rediss://".to_string());
+        }
+        if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}', ' ']) {
+            return Err("--redis-prefix must be non-empty, without braces or spaces".to_string());
+        }
         Ok(())
+    }
+
+    /// Fleet mode's store settings, when --redis-url is set.
+    pub fn store_settings(&self) -> Option<store::Settings> {
+        self.redis_url.as_ref().map(|url| store::Settings {
+            url: url.clone(),
+            cluster: self.redis_cluster,
+            shards: self.redis_shards,
+            timeout: Duration::from_millis(self.redis_timeout_ms),
+            prefix: self.redis_prefix.clone(),
+        })
     }
 
     /// The callback pool's settings.
@@ -207,6 +264,19 @@ mod tests {
                 "--grace-ms",
             ),
             (&["--no-such-flag"][..], "--no-such-flag"),
+            (
+                &[
+                    "--redis-url",
+                    "redis://h",
+                    "--grace-ms",
+                    "200",
+                    "--redis-timeout-ms",
+                    "300",
+                ][..],
+                "--redis-timeout-ms",
+            ),
+            (&["--redis-url", "http://h"][..], "--redis-url"),
+            (&["--redis-shards", "0"][..], "--redis-shards"),
         ] {
             let err = load(args).unwrap_err();
             assert_eq!(err.exit_code, 2, "{args:?}");

@@ -6,8 +6,10 @@
 //!   query, answers. Maps every error cause to a status in one place.
 //! * [`window`] — time and the local windows: which window a timestamp belongs to, the exact
 //!   per-window id sets, and the in-flight count that tells when a window is final.
+//! * [`store`] — Redis for fleet mode: the key layout and every command the fleet sends.
 //! * [`report`] — the window tick: closes each window after its grace, writes its count to
-//!   the count log and hands its endpoints to the callback pool.
+//!   the count log and hands its endpoints to the callback pool; in fleet mode reads the
+//!   fleet count and elects the instance that sends the window's callbacks.
 //! * [`callback`] — delivery of the per-window POSTs on blocking worker threads, with
 //!   retries and the SSRF guard.
 //! * [`countlog`] — the `log` sink that puts count lines in a file and diagnostics on stderr.
@@ -23,11 +25,12 @@ pub mod countlog;
 pub mod http;
 pub mod metrics;
 pub mod report;
+pub mod store;
 pub mod window;
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -36,6 +39,7 @@ use tokio::sync::watch;
 use callback::Callbacks;
 use config::Config;
 use metrics::Metrics;
+use store::Store;
 use window::{Clock, SystemClock, Windows};
 
 /// State shared by the edge, the reporter and the callback pool.
@@ -45,17 +49,20 @@ pub struct Shared {
     pub windows: Windows,
     pub metrics: Arc<Metrics>,
     pub callbacks: Callbacks,
+    /// Fleet mode's shared store; `None` on a single node.
+    pub store: Option<Store>,
     /// False once shutdown began: `/readyz` answers 503 so load balancers drain us.
     pub ready: AtomicBool,
 }
 
 impl Shared {
-    fn new(settings: Config, clock: Arc<dyn Clock>) -> Self {
+    fn new(settings: Config, clock: Arc<dyn Clock>, store: Option<Store>) -> Self {
         let metrics = Arc::new(Metrics::default());
         let windows = Windows::new(
             clock.now_ms(),
             i64::from(settings.window_secs),
             settings.callback_max_endpoints as usize,
+            store.as_ref().map_or(0, |s| s.shards() as usize),
         );
         let callbacks = Callbacks::start(settings.callback_settings(), Arc::clone(&metrics));
         Self {
@@ -64,8 +71,14 @@ impl Shared {
             windows,
             metrics,
             callbacks,
+            store,
             ready: AtomicBool::new(true),
         }
+    }
+
+    /// Ready to serve: not shutting down and, in fleet mode, connected to the store.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.store.as_ref().is_none_or(Store::is_connected)
     }
 
     fn render_metrics(&self) -> String {
@@ -82,9 +95,13 @@ impl Shared {
     }
 }
 
+/// How long start-up waits for the first Redis connection.
+const STORE_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Runs the service on `listener` until `shutdown` resolves, then shuts down as SPEC §7 says:
 /// readiness off, listener drained and closed, ended windows reported, the open window logged
-/// as partial, due callbacks delivered within the shutdown timeout.
+/// as partial, due callbacks delivered within the shutdown timeout. Prints the listen address
+/// and mode once it serves.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -94,11 +111,22 @@ pub async fn run(
         offset_ms: config.clock_offset_ms,
     });
     let deadline = Duration::from_millis(config.shutdown_timeout_ms);
-    let shared = Arc::new(Shared::new(config, clock));
+    let store = match config.store_settings() {
+        Some(settings) => Some(
+            Store::connect(&settings, STORE_CONNECT_TIMEOUT)
+                .await
+                .map_err(io::Error::other)?,
+        ),
+        None => None,
+    };
+    let mode = if store.is_some() { "fleet" } else { "single" };
+    let shared = Arc::new(Shared::new(config, clock, store));
 
     let (finish, finishing) = watch::channel(false);
     let reporter = tokio::spawn(report::run(Arc::clone(&shared), finishing));
     let reopener = tokio::spawn(reopen_count_log_on_sighup());
+    let resyncer = tokio::spawn(report::fleet::resync_on_reconnect(Arc::clone(&shared)));
+    println!("verve listening on {} mode={mode}", listener.local_addr()?);
 
     http::serve(listener, Arc::clone(&shared), shutdown).await;
 
@@ -108,6 +136,7 @@ pub async fn run(
     }
     shared.callbacks.close(deadline).await;
     reopener.abort();
+    resyncer.abort();
     Ok(())
 }
 

@@ -35,8 +35,6 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let address = listener.local_addr().unwrap_or(config.listen);
-    println!("verve listening on {address} mode=single");
     match verve::run(config, listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -142,7 +142,23 @@ pub struct Metrics {
     pub endpoints_dropped: AtomicU64,
     /// Distinct ids in the last reported window.
     pub last_window_ids: AtomicU64,
+    /// Fleet mode: store round trips on the request path, by latency bucket (`LATENCY_BUCKETS`).
+    store_latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    store_latency_sum_us: AtomicU64,
+    /// Fleet mode: store calls on the request path that failed (answered 503).
+    pub store_errors: AtomicU64,
+    /// Fleet mode: windows this instance led (sent the fleet's callbacks for).
+    pub leader_elections: AtomicU64,
+    /// Fleet mode: windows whose ids this instance re-added to the store.
+    pub resyncs: AtomicU64,
+    /// Fleet mode: windows whose fleet report was given up at its deadline.
+    pub fleet_reports_abandoned: AtomicU64,
 }
+
+/// Upper bounds (seconds) of the store latency histogram.
+const LATENCY_BUCKETS: [f64; 10] = [
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 0.25,
+];
 
 impl Metrics {
     pub fn request(&self, outcome: Outcome) {
@@ -151,6 +167,22 @@ impl Metrics {
 
     pub fn attempt(&self, attempt: Attempt) {
         self.callback_attempts[attempt as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one request-path store call (dedup `SADD` or endpoint registration).
+    pub fn store_call(&self, elapsed: std::time::Duration, ok: bool) {
+        if !ok {
+            self.store_errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let secs = elapsed.as_secs_f64();
+        let bucket = LATENCY_BUCKETS
+            .iter()
+            .position(|&le| secs <= le)
+            .unwrap_or(LATENCY_BUCKETS.len());
+        self.store_latency[bucket].fetch_add(1, Ordering::Relaxed);
+        self.store_latency_sum_us
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
     pub fn requests(&self, outcome: Outcome) -> u64 {
@@ -176,28 +208,30 @@ impl Metrics {
                 self.requests(outcome)
             );
         }
-        let mut counter = |name: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
-        };
-        counter(
+        scalar(
+            &mut out,
+            "counter",
             "verve_windows_reported_total",
             "Windows written to the count log.",
             load(&self.windows_reported),
         );
-        counter(
+        scalar(
+            &mut out,
+            "counter",
             "verve_count_log_errors_total",
             "Count-log writes that failed.",
             count_log_errors,
         );
-        counter(
+        scalar(
+            &mut out,
+            "counter",
             "verve_callbacks_dropped_total",
             "Callback deliveries dropped because the pending queue was full.",
             load(&self.callbacks_dropped_queue),
         );
-        counter(
+        scalar(
+            &mut out,
+            "counter",
             "verve_endpoints_dropped_total",
             "Endpoints refused because their window held the maximum already.",
             load(&self.endpoints_dropped),
@@ -212,27 +246,87 @@ impl Metrics {
                 load(&self.callback_attempts[attempt as usize])
             );
         }
-        let mut gauge = |name: &str, help: &str, value: u64| {
+        scalar(
+            &mut out,
+            "counter",
+            "verve_store_errors_total",
+            "Request-path store calls that failed (answered 503).",
+            load(&self.store_errors),
+        );
+        scalar(
+            &mut out,
+            "counter",
+            "verve_leader_elections_total",
+            "Windows whose fleet callbacks this instance sent as leader.",
+            load(&self.leader_elections),
+        );
+        scalar(
+            &mut out,
+            "counter",
+            "verve_resyncs_total",
+            "Windows whose ids this instance re-added to the store.",
+            load(&self.resyncs),
+        );
+        scalar(
+            &mut out,
+            "counter",
+            "verve_fleet_reports_abandoned_total",
+            "Windows whose fleet report was given up at its deadline.",
+            load(&self.fleet_reports_abandoned),
+        );
+        out.push_str("# HELP verve_dedup_seconds Store round trip of an id not seen locally.\n");
+        out.push_str("# TYPE verve_dedup_seconds histogram\n");
+        let mut cumulative = 0;
+        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += load(&self.store_latency[i]);
             let _ = writeln!(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+                "verve_dedup_seconds_bucket{{le=\"{le}\"}} {cumulative}"
             );
-        };
-        gauge(
+        }
+        cumulative += load(&self.store_latency[LATENCY_BUCKETS.len()]);
+        let _ = writeln!(
+            out,
+            "verve_dedup_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            out,
+            "verve_dedup_seconds_sum {}\nverve_dedup_seconds_count {cumulative}",
+            load(&self.store_latency_sum_us) as f64 / 1e6
+        );
+        scalar(
+            &mut out,
+            "gauge",
             "verve_window_ids",
             "Distinct ids in the current window so far.",
             current_window_ids as u64,
         );
-        gauge(
+        scalar(
+            &mut out,
+            "gauge",
             "verve_last_window_ids",
             "Distinct ids in the last reported window.",
             load(&self.last_window_ids),
         );
         if let Some(rss) = rss_bytes {
-            gauge("process_resident_memory_bytes", "Resident set size.", rss);
+            scalar(
+                &mut out,
+                "gauge",
+                "process_resident_memory_bytes",
+                "Resident set size.",
+                rss,
+            );
         }
         out
     }
+}
+
+/// One counter or gauge with its HELP and TYPE lines.
+fn scalar(out: &mut String, kind: &str, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
 }
 
 /// Resident set size of this process, from `/proc/self/status`.

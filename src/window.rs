@@ -5,6 +5,7 @@
 //! of that window has finished. It never blocks on I/O and never formats output: the reporter
 //! decides when a window is final and what is written about it.
 
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use parking_lot::RwLock;
+use tokio::sync::OnceCell;
 
 /// Start (epoch seconds) of the `secs`-long, epoch-aligned window holding `now_ms`.
 pub fn window_start(now_ms: i64, secs: i64) -> i64 {
@@ -100,13 +102,22 @@ pub struct Window {
     endpoints_overflowed: AtomicBool,
     /// Requests admitted to this window and not yet finished.
     inflight: AtomicUsize,
+    /// Fleet mode: ids whose `SADD` is in flight, so concurrent requests share one.
+    pending: DashMap<i64, Arc<OnceCell<()>>, Xxh3Seeded>,
+    /// Fleet mode: store shards this instance has written in this window (their expiry is
+    /// set on first write, and they are checked for loss before the count is read).
+    touched: Box<[AtomicBool]>,
+    /// Fleet mode: the store's reconnection count when the window opened.
+    pub epoch: u64,
 }
 
 /// What happened to an endpoint offered to a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registered {
-    /// Already known in this window, or newly added.
-    Yes,
+    /// Already known in this window.
+    Known,
+    /// Newly added.
+    Added,
     /// The window's endpoint set is full; this is the first refusal in the window.
     FirstOverflow,
     /// The window's endpoint set is full (already reported once).
@@ -114,7 +125,13 @@ pub enum Registered {
 }
 
 impl Window {
-    fn new(start: i64, hasher: Xxh3Seeded, max_endpoints: usize) -> Self {
+    fn new(start: i64, shape: &Shape, epoch: u64) -> Self {
+        let Shape {
+            hasher,
+            max_endpoints,
+            store_shards,
+            ..
+        } = *shape;
         Self {
             start,
             ids: DashMap::with_hasher_and_shard_amount(hasher, SHARDS),
@@ -123,6 +140,9 @@ impl Window {
             max_endpoints,
             endpoints_overflowed: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
+            pending: DashMap::with_hasher_and_shard_amount(hasher, SHARDS),
+            touched: (0..store_shards).map(|_| AtomicBool::new(false)).collect(),
+            epoch,
         }
     }
 
@@ -144,7 +164,7 @@ impl Window {
     /// Registers a callback endpoint, bounded by `max_endpoints` per window.
     pub fn register_endpoint(&self, endpoint: &str) -> Registered {
         if self.endpoints.contains_key(endpoint) {
-            return Registered::Yes;
+            return Registered::Known;
         }
         if self.endpoint_slots.fetch_add(1, Ordering::AcqRel) >= self.max_endpoints {
             self.endpoint_slots.fetch_sub(1, Ordering::AcqRel);
@@ -157,8 +177,57 @@ impl Window {
         if self.endpoints.insert(endpoint.into(), ()).is_some() {
             // Another request registered the same endpoint meanwhile: give the slot back.
             self.endpoint_slots.fetch_sub(1, Ordering::AcqRel);
+            return Registered::Known;
         }
-        Registered::Yes
+        Registered::Added
+    }
+
+    /// Takes back an endpoint whose fleet-wide registration failed.
+    pub fn unregister_endpoint(&self, endpoint: &str) {
+        if self.endpoints.remove(endpoint).is_some() {
+            self.endpoint_slots.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether the endpoint is registered in this window.
+    pub fn has_endpoint(&self, endpoint: &str) -> bool {
+        self.endpoints.contains_key(endpoint)
+    }
+
+    /// The ids of this window (for re-adding them to the store).
+    pub fn ids(&self) -> Vec<i64> {
+        self.ids.iter().map(|e| *e.key()).collect()
+    }
+
+    /// Runs `add` for `id` unless a concurrent request already is; every caller gets the
+    /// shared outcome (a failure lets the next caller try again). On success the id enters
+    /// this window.
+    pub async fn add_once<F, Fut, E>(&self, id: i64, add: F) -> Result<(), E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+    {
+        let cell = Arc::clone(self.pending.entry(id).or_default().value());
+        let outcome = cell.get_or_try_init(add).await.map(|_| ());
+        if outcome.is_ok() {
+            self.insert(id);
+        }
+        self.pending.remove_if(&id, |_, c| Arc::ptr_eq(c, &cell));
+        outcome
+    }
+
+    /// Marks a store shard written; true the first time (the caller sets its expiry).
+    pub fn touch_shard(&self, shard: u32) -> bool {
+        self.touched
+            .get(shard as usize)
+            .is_some_and(|t| !t.load(Ordering::Relaxed) && !t.swap(true, Ordering::AcqRel))
+    }
+
+    /// The store shards this instance wrote in this window.
+    pub fn touched_shards(&self) -> Vec<u32> {
+        (0..self.touched.len() as u32)
+            .filter(|&s| self.touched[s as usize].load(Ordering::Acquire))
+            .collect()
     }
 
     /// The endpoints registered in this window.
@@ -193,40 +262,52 @@ impl Drop for Admission {
 /// The two open windows: the one being filled and its neighbour (the previous one while it
 /// waits out its grace, or the next one, created ahead so requests never create windows).
 pub struct Windows {
-    secs: i64,
-    hasher: Xxh3Seeded,
-    max_endpoints: usize,
+    shape: Shape,
     /// `[older, newer]`, `newer.start == older.start + secs`. Written once per window.
     open: RwLock<[Arc<Window>; 2]>,
 }
 
+/// What every window of an instance is made with.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    secs: i64,
+    hasher: Xxh3Seeded,
+    max_endpoints: usize,
+    /// Store shards per window in fleet mode; 0 on a single node.
+    store_shards: usize,
+}
+
 impl Windows {
-    /// Opens the window holding `now_ms` and the one after it.
-    pub fn new(now_ms: i64, secs: i64, max_endpoints: usize) -> Self {
-        let hasher = Xxh3Seeded::random();
+    /// Opens the window holding `now_ms` and the one after it. `store_shards` is the number
+    /// of store shards per window in fleet mode, 0 on a single node.
+    pub fn new(now_ms: i64, secs: i64, max_endpoints: usize, store_shards: usize) -> Self {
+        let shape = Shape {
+            secs,
+            hasher: Xxh3Seeded::random(),
+            max_endpoints,
+            store_shards,
+        };
         let first = window_start(now_ms, secs);
         let open = [
-            Arc::new(Window::new(first, hasher, max_endpoints)),
-            Arc::new(Window::new(first + secs, hasher, max_endpoints)),
+            Arc::new(Window::new(first, &shape, 0)),
+            Arc::new(Window::new(first + secs, &shape, 0)),
         ];
         Self {
-            secs,
-            hasher,
-            max_endpoints,
+            shape,
             open: RwLock::new(open),
         }
     }
 
     /// Window length in seconds.
     pub fn secs(&self) -> i64 {
-        self.secs
+        self.shape.secs
     }
 
     /// Admits a request arriving at `now_ms` to its window. A time before the older open
     /// window (the clock stepped back into a reported window) lands in the older one; a time
     /// past the newer one (the reporter has not rotated yet) lands in the newer one.
     pub fn admit(&self, now_ms: i64) -> Admission {
-        let start = window_start(now_ms, self.secs);
+        let start = window_start(now_ms, self.shape.secs);
         let open = self.open.read();
         let window = if start >= open[1].start {
             &open[1]
@@ -251,14 +332,15 @@ impl Windows {
         self.open.read()[0].start
     }
 
-    /// Closes the older window to new requests and opens the one after the newer. Returns the
-    /// closed window; its count is final once its `inflight` reaches zero.
-    pub fn rotate(&self) -> Arc<Window> {
+    /// Closes the older window to new requests and opens the one after the newer, tagged
+    /// with the store's `epoch`. Returns the closed window; its count is final once its
+    /// `inflight` reaches zero.
+    pub fn rotate(&self, epoch: u64) -> Arc<Window> {
         let mut open = self.open.write();
         let next = Arc::new(Window::new(
-            open[1].start + self.secs,
-            self.hasher,
-            self.max_endpoints,
+            open[1].start + self.shape.secs,
+            &self.shape,
+            epoch,
         ));
         let newer = std::mem::replace(&mut open[1], next);
         std::mem::replace(&mut open[0], newer)
@@ -326,7 +408,7 @@ mod tests {
 
     #[test]
     fn counts_distinct_ids() {
-        let w = Windows::new(120_000, 60, 10);
+        let w = Windows::new(120_000, 60, 10, 0);
         for id in [1, 2, 2, 3, 1, -1, i64::MIN, i64::MAX] {
             w.admit(125_000).window().insert(id);
         }
@@ -336,7 +418,7 @@ mod tests {
 
     #[test]
     fn admits_by_arrival_time_and_clamps_to_open_windows() {
-        let w = Windows::new(120_000, 60, 10);
+        let w = Windows::new(120_000, 60, 10, 0);
         let [older, newer] = w.open();
         assert_eq!((older.start, newer.start), (120, 180));
         w.admit(179_999).window().insert(1); // older
@@ -349,10 +431,10 @@ mod tests {
 
     #[test]
     fn rotation_hands_back_the_older_window_and_opens_the_next() {
-        let w = Windows::new(120_000, 60, 10);
+        let w = Windows::new(120_000, 60, 10, 0);
         let held = w.admit(130_000);
         held.window().insert(7);
-        let closed = w.rotate();
+        let closed = w.rotate(0);
         assert_eq!(closed.start, 120);
         assert_eq!(
             closed.inflight(),
@@ -372,26 +454,28 @@ mod tests {
 
     #[test]
     fn endpoints_are_bounded_per_window() {
-        let w = Windows::new(0, 60, 2);
+        let w = Windows::new(0, 60, 2, 0);
         let win = w.admit(0);
         let win = win.window();
-        assert_eq!(win.register_endpoint("http://a/"), Registered::Yes);
-        assert_eq!(win.register_endpoint("http://a/"), Registered::Yes);
-        assert_eq!(win.register_endpoint("http://b/"), Registered::Yes);
+        assert_eq!(win.register_endpoint("http://a/"), Registered::Added);
+        assert_eq!(win.register_endpoint("http://a/"), Registered::Known);
+        assert_eq!(win.register_endpoint("http://b/"), Registered::Added);
         assert_eq!(
             win.register_endpoint("http://c/"),
             Registered::FirstOverflow
         );
         assert_eq!(win.register_endpoint("http://d/"), Registered::Overflow);
-        assert_eq!(win.register_endpoint("http://a/"), Registered::Yes);
+        assert_eq!(win.register_endpoint("http://a/"), Registered::Known);
+        win.unregister_endpoint("http://b/");
+        assert_eq!(win.register_endpoint("http://c/"), Registered::Added);
         let mut eps = win.endpoints();
         eps.sort();
-        assert_eq!(eps, vec!["http://a/".into(), "http://b/".into()]);
+        assert_eq!(eps, vec![Box::<str>::from("http://a/"), "http://c/".into()]);
     }
 
     #[test]
     fn concurrent_inserts_count_exactly() {
-        let w = Arc::new(Windows::new(0, 60, 1));
+        let w = Arc::new(Windows::new(0, 60, 1, 0));
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let w = Arc::clone(&w);

@@ -9,7 +9,7 @@
 pub mod guard;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -37,12 +37,26 @@ pub struct Settings {
 }
 
 /// One POST to make.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Delivery {
     pub endpoint: Box<str>,
     /// RFC 3339 start of the window, also the `Idempotency-Key`.
     pub window_start: Arc<str>,
     pub body: Arc<str>,
+    /// Deliveries of the same window still queued or running; each delivery takes itself off
+    /// when dropped (done, given up, or refused by a full queue).
+    pub batch: Option<Batch>,
+}
+
+/// A count of unfinished deliveries, shared by one window's deliveries.
+pub type Batch = Arc<AtomicUsize>;
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if let Some(batch) = &self.batch {
+            batch.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// The delivery pool. Dropping the sender (in [`Callbacks::close`]) lets workers drain the

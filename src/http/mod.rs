@@ -8,10 +8,11 @@
 pub mod query;
 
 use std::convert::Infallible;
-use std::future::{Ready, ready};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -24,7 +25,8 @@ use tokio::net::TcpListener;
 
 use crate::Shared;
 use crate::metrics::Outcome;
-use crate::window::Registered;
+use crate::report::fleet::expire_at;
+use crate::window::{Admission, Registered};
 
 /// The counted path.
 pub const ACCEPT_PATH: &str = "/api/verve/accept";
@@ -101,10 +103,43 @@ struct Service {
 impl hyper::service::Service<Request<Incoming>> for Service {
     type Response = Response<Body>;
     type Error = Infallible;
-    type Future = Ready<Result<Response<Body>, Infallible>>;
+    type Future = Answer;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
-        ready(Ok(respond(&self.shared, &req)))
+    fn call(&self, req: Request<Incoming>) -> Answer {
+        let uri = req.uri();
+        if req.method() == Method::GET && uri.path() == ACCEPT_PATH {
+            if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > MAX_TARGET_LEN {
+                return Answer::now(answer(&self.shared, Outcome::UriTooLong));
+            }
+            return accept(&self.shared, uri.query().unwrap_or(""));
+        }
+        Answer::now(respond(&self.shared, &req))
+    }
+}
+
+/// The service's future: decided on the spot, or (fleet mode, an id not seen locally)
+/// waiting for the store.
+pub enum Answer {
+    Now(Option<Response<Body>>),
+    Later(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+}
+
+impl Answer {
+    fn now(response: Response<Body>) -> Self {
+        Answer::Now(Some(response))
+    }
+}
+
+impl Future for Answer {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Answer::Now(response) => Poll::Ready(Ok(response
+                .take()
+                .unwrap_or_else(|| text(StatusCode::INTERNAL_SERVER_ERROR, Bytes::new())))),
+            Answer::Later(future) => future.as_mut().poll(cx).map(Ok),
+        }
     }
 }
 
@@ -116,10 +151,9 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
         return answer(shared, Outcome::UriTooLong);
     }
     match uri.path() {
-        ACCEPT_PATH if is_get => accept(shared, uri.query().unwrap_or("")),
         "/healthz" if is_get => text(StatusCode::OK, Bytes::from_static(b"ok")),
         "/readyz" if is_get => {
-            if shared.ready.load(Ordering::Acquire) {
+            if shared.is_ready() {
                 text(StatusCode::OK, Bytes::from_static(b"ok"))
             } else {
                 text(
@@ -143,42 +177,121 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// Counts the id (and registers the endpoint) of a valid query in its window.
-fn accept(shared: &Shared, query: &str) -> Response<Body> {
+/// Counts the id (and registers the endpoint) of a valid query in its window. On a single
+/// node, or in fleet mode for an id and endpoint this instance has seen in the window, that
+/// is decided here; otherwise the store decides.
+fn accept(shared: &Arc<Shared>, query: &str) -> Answer {
     let query = match query::parse(query) {
         Ok(query) => query,
         Err(e) => {
             log::debug!("bad accept query: {e:?}");
-            return answer(shared, Outcome::BadRequest);
+            return Answer::now(answer(shared, Outcome::BadRequest));
         }
     };
     let admission = shared.windows.admit(shared.clock.now_ms());
     let window = admission.window();
-    window.insert(query.id);
-    if let Some(endpoint) = &query.endpoint {
-        match window.register_endpoint(endpoint) {
-            Registered::Yes => {}
-            Registered::FirstOverflow => {
-                shared
-                    .metrics
-                    .endpoints_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-                log::warn!(
-                    "window {} holds {} endpoints already; further endpoints are dropped",
-                    window.start,
-                    shared.settings.callback_max_endpoints
-                );
-            }
-            Registered::Overflow => {
-                shared
-                    .metrics
-                    .endpoints_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+    if shared.store.is_none() {
+        window.insert(query.id);
+        if let Some(endpoint) = &query.endpoint {
+            register_locally(shared, &admission, endpoint);
+        }
+        return Answer::now(answer(shared, Outcome::Ok));
+    }
+    let endpoint_known = query
+        .endpoint
+        .as_deref()
+        .is_none_or(|e| window.has_endpoint(e));
+    if endpoint_known && window.contains(query.id) {
+        return Answer::now(answer(shared, Outcome::Ok));
+    }
+    let endpoint = query.endpoint.map(std::borrow::Cow::into_owned);
+    Answer::Later(Box::pin(accept_in_fleet(
+        Arc::clone(shared),
+        admission,
+        query.id,
+        endpoint,
+    )))
+}
+
+/// Registers an endpoint in the local window (bounded); true when newly added.
+fn register_locally(shared: &Shared, admission: &Admission, endpoint: &str) -> bool {
+    match admission.window().register_endpoint(endpoint) {
+        Registered::Added => true,
+        Registered::Known => false,
+        Registered::FirstOverflow => {
+            shared
+                .metrics
+                .endpoints_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "window {} holds {} endpoints already; further endpoints are dropped",
+                admission.window().start,
+                shared.settings.callback_max_endpoints
+            );
+            false
+        }
+        Registered::Overflow => {
+            shared
+                .metrics
+                .endpoints_dropped
+                .fetch_add(1, Ordering::Relaxed);
+            false
         }
     }
+}
+
+/// Fleet mode: the store decides an id this instance has not seen in the window (one
+/// `SADD`, shared by concurrent requests for the same id) and registers a new endpoint
+/// fleet-wide. Any store failure answers 503: the outcome is unknown, a retry is safe.
+async fn accept_in_fleet(
+    shared: Arc<Shared>,
+    admission: Admission,
+    id: i64,
+    endpoint: Option<String>,
+) -> Response<Body> {
+    let Some(store) = shared.store.as_ref() else {
+        return answer(&shared, Outcome::Unavailable);
+    };
+    let window = admission.window();
+    let expiry = expire_at(&shared, window.start);
+    if !window.contains(id) {
+        let started = Instant::now();
+        let added = window
+            .add_once(id, || async {
+                store.add(window.start, id).await.map(|_| ())
+            })
+            .await;
+        shared.metrics.store_call(started.elapsed(), added.is_ok());
+        if let Err(e) = added {
+            log::debug!("SADD for window {} failed: {e}", window.start);
+            return answer(&shared, Outcome::Unavailable);
+        }
+        let shard = store.shard(id);
+        if window.touch_shard(shard) {
+            let (shared, start) = (Arc::clone(&shared), window.start);
+            tokio::spawn(async move {
+                if let Some(store) = &shared.store
+                    && let Err(e) = store.expire_shard(start, shard, expiry).await
+                {
+                    log::warn!("setting expiry of window {start} shard {shard} failed: {e}");
+                }
+            });
+        }
+    }
+    if let Some(endpoint) = endpoint
+        && register_locally(&shared, &admission, &endpoint)
+        && let Err(e) = store.add_endpoint(window.start, &endpoint, expiry).await
+    {
+        log::debug!(
+            "registering an endpoint for window {} failed: {e}",
+            window.start
+        );
+        window.unregister_endpoint(&endpoint);
+        shared.metrics.store_call(Duration::ZERO, false);
+        return answer(&shared, Outcome::Unavailable);
+    }
     drop(admission);
-    answer(shared, Outcome::Ok)
+    answer(&shared, Outcome::Ok)
 }
 
 /// The response for an outcome of the accept path, counted in metrics.

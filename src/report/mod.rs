@@ -1,18 +1,23 @@
 //! The reporter: closes each window once it is final and reports it.
 //!
+//! On a single node the count is the local one. In fleet mode ([`fleet`]) the fleet count is
+//! read from the store, and one instance per window sends the callbacks.
+//!
 //! A window is final `grace` after it ends and once the requests admitted to it have finished.
 //! Then its count goes to the count log (always) and its endpoints to the callback queue. The
 //! reporter wakes at least every [`MAX_NAP`], computing deadlines from the wall clock, so a
 //! clock that steps (either way) is followed: windows are reported in order, each once.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
+pub mod fleet;
+
 use crate::Shared;
-use crate::callback::Delivery;
+use crate::callback::{Batch, Delivery};
 use crate::countlog;
 use crate::window::format_utc;
 
@@ -60,16 +65,30 @@ pub async fn run(shared: Arc<Shared>, mut finish: watch::Receiver<bool>) {
 }
 
 /// Closes the oldest open window, waits for its requests, and reports it.
-async fn report_oldest(shared: &Shared, partial: bool) {
-    let window = shared.windows.rotate();
+async fn report_oldest(shared: &Arc<Shared>, partial: bool) {
+    let epoch = shared.store.as_ref().map_or(0, |s| s.epoch());
+    let window = shared.windows.rotate(epoch);
     while window.inflight() > 0 {
         tokio::time::sleep(DRAIN_POLL).await;
     }
-    let count = window.count();
-    let secs = shared.windows.secs();
-    let window_start: Arc<str> = format_utc(window.start * 1000, false).into();
+    if shared.store.is_some() && !partial {
+        fleet::report(shared, window).await;
+        return;
+    }
+    let count = window.count() as u64;
+    log_count(shared, window.start, count, "local", partial);
+    if !partial {
+        // A window cut short is never POSTed.
+        send_callbacks(shared, window.start, count, "local", window.endpoints());
+    }
+}
+
+/// Writes a window's line to the count log.
+fn log_count(shared: &Shared, start: i64, count: u64, scope: &str, partial: bool) {
     log::info!(target: countlog::TARGET,
-        "unique_requests window_start={window_start} window_secs={secs} unique_requests={count} scope=local{}",
+        "unique_requests window_start={} window_secs={} unique_requests={count} scope={scope}{}",
+        format_utc(start * 1000, false),
+        shared.windows.secs(),
         if partial { " partial=true" } else { "" });
     shared
         .metrics
@@ -78,17 +97,28 @@ async fn report_oldest(shared: &Shared, partial: bool) {
     shared
         .metrics
         .last_window_ids
-        .store(count as u64, Ordering::Relaxed);
-    if partial {
-        return; // a window cut short is never POSTed
-    }
-    let body: Arc<str> = callback_body(&window_start, secs, count, "local").into();
+        .store(count, Ordering::Relaxed);
+}
+
+/// Queues one POST per endpoint with the window's final count. The returned batch reaches
+/// zero once every delivery is done or given up.
+fn send_callbacks(
+    shared: &Shared,
+    start: i64,
+    count: u64,
+    scope: &str,
+    endpoints: Vec<Box<str>>,
+) -> Batch {
+    let window_start: Arc<str> = format_utc(start * 1000, false).into();
+    let body: Arc<str> = callback_body(&window_start, shared.windows.secs(), count, scope).into();
+    let batch: Batch = Arc::new(AtomicUsize::new(endpoints.len()));
     let mut dropped = 0usize;
-    for endpoint in window.endpoints() {
+    for endpoint in endpoints {
         let delivery = Delivery {
             endpoint,
             window_start: Arc::clone(&window_start),
             body: Arc::clone(&body),
+            batch: Some(Arc::clone(&batch)),
         };
         if !shared.callbacks.submit(delivery) {
             dropped += 1;
@@ -97,10 +127,11 @@ async fn report_oldest(shared: &Shared, partial: bool) {
     if dropped > 0 {
         log::warn!("callback queue full: dropped {dropped} deliveries for window {window_start}");
     }
+    batch
 }
 
 /// The JSON body POSTed to each endpoint (SPEC §4.2).
-pub fn callback_body(window_start: &str, secs: i64, count: usize, scope: &str) -> String {
+pub fn callback_body(window_start: &str, secs: i64, count: u64, scope: &str) -> String {
     format!(
         r#"{{"window_start":"{window_start}","window_secs":{secs},"unique_requests":{count},"scope":"{scope}"}}"#
     )
@@ -204,7 +235,7 @@ mod clock_tests {
             .map_err(|e| e.message)
             .unwrap();
         let clock = Arc::new(ManualClock(AtomicI64::new(120_500)));
-        let shared = Arc::new(Shared::new(config, clock.clone()));
+        let shared = Arc::new(Shared::new(config, clock.clone(), None));
         let (finish, finishing) = watch::channel(false);
         let reporter = tokio::spawn(super::run(Arc::clone(&shared), finishing));
         let set = |ms: i64| clock.0.store(ms, std::sync::atomic::Ordering::SeqCst);

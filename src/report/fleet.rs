@@ -1,0 +1,238 @@
+//! Fleet reporting (SPEC §6): the fleet-wide count of a final window and its one delivery.
+//!
+//! Every instance reads the fleet count (the sum of `SCARD` over the window's shard sets)
+//! once its own copy of the window is final, after re-adding its ids if Redis lost them.
+//! One instance per window, elected with a short lease that it renews while delivering,
+//! sends the window's callbacks and marks the window done; if it dies, another takes over
+//! when the lease lapses. If the count cannot be read in time, the local count is logged
+//! as partial and the fleet report retries in the background until a bounded deadline.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::{log_count, send_callbacks};
+use crate::Shared;
+use crate::store::{Store, StoreError};
+use crate::window::{Window, format_utc};
+
+/// How long a leader's lease lasts without renewal; a dead leader is replaced after this.
+const LEASE: Duration = Duration::from_secs(3);
+
+/// How long after a window's last possible report its keys outlive it.
+const EXPIRY_MARGIN_SECS: i64 = 30;
+
+/// Pause between tries while Redis is unreachable.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Epoch second at which a window's keys expire: about two windows and the grace after its
+/// start, plus a margin for a late fleet report.
+pub fn expire_at(shared: &Shared, window_start: i64) -> i64 {
+    let grace_secs = shared.settings.grace_ms.div_ceil(1000) as i64;
+    window_start + 2 * shared.windows.secs() + grace_secs + EXPIRY_MARGIN_SECS
+}
+
+/// Until when a window's fleet report is attempted (its keys are still there).
+fn report_deadline_ms(shared: &Shared, window_start: i64) -> i64 {
+    (expire_at(shared, window_start) - 5) * 1000
+}
+
+/// How long the reporter waits for the fleet count before logging the local one as partial.
+fn read_timeout(shared: &Shared) -> Duration {
+    let redis =
+        Duration::from_millis(shared.settings.redis_timeout_ms * 4).max(Duration::from_secs(1));
+    let half_window = Duration::from_millis(shared.windows.secs() as u64 * 500);
+    redis.min(half_window)
+}
+
+/// Reports a final window in fleet mode.
+pub async fn report(shared: &Arc<Shared>, window: Arc<Window>) {
+    let Some(store) = shared.store.as_ref() else {
+        return;
+    };
+    match tokio::time::timeout(read_timeout(shared), fleet_count(shared, store, &window)).await {
+        Ok(Ok(count)) => {
+            log_count(shared, window.start, count, "fleet", false);
+            tokio::spawn(deliver(Arc::clone(shared), window.start, count));
+        }
+        outcome => {
+            let why = match outcome {
+                Ok(Err(e)) => e.to_string(),
+                _ => "timed out".to_string(),
+            };
+            log::warn!(
+                "window {}: fleet count unavailable ({why}); logging the local count",
+                format_utc(window.start * 1000, false)
+            );
+            log_count(shared, window.start, window.count() as u64, "local", true);
+            tokio::spawn(report_later(Arc::clone(shared), window));
+        }
+    }
+}
+
+/// Re-adds this instance's ids if Redis may have lost them, then reads the fleet count.
+async fn fleet_count(shared: &Shared, store: &Store, window: &Window) -> Result<u64, StoreError> {
+    let lost = window.epoch != store.epoch()
+        || store
+            .any_missing(window.start, &window.touched_shards())
+            .await?;
+    if lost {
+        resync(shared, store, window).await?;
+    }
+    store.count(window.start).await
+}
+
+/// Re-adds a window's ids and endpoints to the store.
+async fn resync(shared: &Shared, store: &Store, window: &Window) -> Result<(), StoreError> {
+    let ids = window.ids();
+    let endpoints = window.endpoints();
+    if ids.is_empty() && endpoints.is_empty() {
+        return Ok(());
+    }
+    store
+        .readd(
+            window.start,
+            &ids,
+            &endpoints,
+            expire_at(shared, window.start),
+        )
+        .await?;
+    shared.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
+    log::info!(
+        "re-added {} ids of window {} to Redis",
+        ids.len(),
+        format_utc(window.start * 1000, false)
+    );
+    Ok(())
+}
+
+/// After the store reconnects (it may have restarted empty), re-adds the open windows' ids
+/// at once, so that every instance's ids are back before any instance reads a count.
+pub async fn resync_on_reconnect(shared: Arc<Shared>) {
+    let Some(store) = shared.store.as_ref() else {
+        return;
+    };
+    let mut reconnects = store.reconnections();
+    loop {
+        match reconnects.recv().await {
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+        for window in shared.windows.open() {
+            for _ in 0..5 {
+                match resync(&shared, store, &window).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        log::warn!("re-adding window {} failed: {e}", window.start);
+                        tokio::time::sleep(RETRY).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Retries a window's fleet report while Redis is unreachable, up to its deadline.
+async fn report_later(shared: Arc<Shared>, window: Arc<Window>) {
+    let Some(store) = shared.store.as_ref() else {
+        return;
+    };
+    let start = window.start;
+    let shown = format_utc(start * 1000, false);
+    loop {
+        tokio::time::sleep(RETRY).await;
+        if shared.clock.now_ms() >= report_deadline_ms(&shared, start) {
+            shared
+                .metrics
+                .fleet_reports_abandoned
+                .fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "window {shown}: fleet report given up, Redis unreachable until its deadline"
+            );
+            return;
+        }
+        let read =
+            tokio::time::timeout(read_timeout(&shared), fleet_count(&shared, store, &window)).await;
+        if let Ok(Ok(count)) = read {
+            log::warn!("window {shown}: fleet count {count} read late; sending its fleet report");
+            drop(window);
+            deliver(shared, start, count).await;
+            return;
+        }
+    }
+}
+
+/// Sends the window's callbacks if this instance wins (or inherits) the lease; otherwise
+/// waits for the leader's done mark, taking over if the lease lapses first.
+async fn deliver(shared: Arc<Shared>, start: i64, count: u64) {
+    let Some(store) = shared.store.as_ref() else {
+        return;
+    };
+    let shown = format_utc(start * 1000, false);
+    let expiry = expire_at(&shared, start);
+    loop {
+        if shared.clock.now_ms() >= report_deadline_ms(&shared, start) {
+            shared
+                .metrics
+                .fleet_reports_abandoned
+                .fetch_add(1, Ordering::Relaxed);
+            log::warn!(
+                "window {shown}: fleet callbacks given up, no instance completed them in time"
+            );
+            return;
+        }
+        match store.is_done(start).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(_) => {
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        }
+        match store.lead(start, LEASE).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tokio::time::sleep(LEASE / 2).await;
+                continue;
+            }
+            Err(_) => {
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        }
+        shared
+            .metrics
+            .leader_elections
+            .fetch_add(1, Ordering::Relaxed);
+        let endpoints = match store.endpoints(start).await {
+            Ok(endpoints) => endpoints,
+            Err(_) => {
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        let max = shared.settings.callback_max_endpoints as usize;
+        if endpoints.len() > max {
+            log::warn!(
+                "window {shown}: {} endpoints fleet-wide, calling the first {max}",
+                endpoints.len()
+            );
+        }
+        let endpoints = endpoints.into_iter().take(max).map(Into::into).collect();
+        let batch = send_callbacks(&shared, start, count, "fleet", endpoints);
+        while batch.load(Ordering::Acquire) > 0 {
+            tokio::time::sleep(LEASE / 3).await;
+            let _ = store.lead(start, LEASE).await;
+        }
+        for _ in 0..5 {
+            if store.mark_done(start, expiry).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(RETRY).await;
+        }
+        log::warn!(
+            "window {shown}: callbacks sent but the done mark failed; another instance may repeat them"
+        );
+        return;
+    }
+}

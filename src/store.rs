@@ -1,0 +1,296 @@
+//! The shared store: Redis (or Redis Cluster) through `fred`, for fleet mode (SPEC §6).
+//!
+//! Owns the key layout, one function per key ([`Store::ids_key`] and friends), and every
+//! command the fleet sends. Concurrent commands are pipelined by fred; nothing here grows
+//! with a window's size on the request path (no `KEYS`, `SMEMBERS`, `SCAN` there). While the
+//! client is disconnected, calls fail at once with [`StoreError::Unavailable`] rather than
+//! queueing behind a dead connection.
+
+use std::hash::BuildHasher;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::config::UnresponsiveConfig;
+use fred::types::{Expiration, SetOptions};
+use futures::future::try_join_all;
+
+/// Ids re-added per `SADD` when an instance refills Redis.
+const READD_BATCH: usize = 1000;
+
+/// Why a store call did not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("not connected to Redis")]
+    Unavailable,
+    #[error("Redis did not answer in time")]
+    Timeout,
+    #[error("Redis error: {0}")]
+    Redis(String),
+}
+
+impl From<fred::error::Error> for StoreError {
+    fn from(e: fred::error::Error) -> Self {
+        match e.kind() {
+            fred::error::ErrorKind::Timeout => StoreError::Timeout,
+            fred::error::ErrorKind::IO | fred::error::ErrorKind::Canceled => {
+                StoreError::Unavailable
+            }
+            _ => StoreError::Redis(e.to_string()),
+        }
+    }
+}
+
+/// Connection settings, from the `--redis-*` flags.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub url: String,
+    pub cluster: bool,
+    pub shards: u32,
+    pub timeout: Duration,
+    pub prefix: String,
+}
+
+/// The fleet's view of Redis.
+pub struct Store {
+    client: Client,
+    shards: u32,
+    prefix: String,
+    /// Bumped on every reconnection; a window opened before the last bump is re-added.
+    epoch: Arc<AtomicU64>,
+    /// This instance's name in leader leases.
+    instance: String,
+}
+
+impl Store {
+    /// Connects, waiting at most `connect_timeout` for the first connection.
+    pub async fn connect(settings: &Settings, connect_timeout: Duration) -> Result<Self, String> {
+        let config = if settings.cluster {
+            Config::from_url_clustered(&settings.url)
+        } else {
+            Config::from_url(&settings.url)
+        }
+        .map_err(|e| format!("--redis-url: {}", e.details()))?;
+        let timeout = settings.timeout;
+        let client = Builder::from_config(config)
+            .with_performance_config(|p| p.default_command_timeout = timeout)
+            .with_connection_config(|c| {
+                c.connection_timeout = connect_timeout;
+                c.internal_command_timeout = connect_timeout;
+                // A connection that stops answering is dropped and rebuilt, not waited on.
+                c.unresponsive = UnresponsiveConfig {
+                    max_timeout: Some(timeout * 4),
+                    interval: Duration::from_millis(100),
+                };
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
+            .build()
+            .map_err(|e| format!("--redis-url: {}", e.details()))?;
+        match tokio::time::timeout(connect_timeout, client.init()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(format!("--redis-url: cannot connect: {}", e.details())),
+            Err(_) => return Err("--redis-url: cannot connect: timed out".to_string()),
+        }
+        let epoch = Arc::new(AtomicU64::new(0));
+        let mut reconnects = client.reconnect_rx();
+        let bump = Arc::clone(&epoch);
+        tokio::spawn(async move {
+            while reconnects.recv().await.is_ok() {
+                bump.fetch_add(1, Ordering::AcqRel);
+            }
+        });
+        let instance = format!("{:016x}", crate::window::Xxh3Seeded::random().hash_one(0u8));
+        Ok(Self {
+            client,
+            shards: settings.shards,
+            prefix: settings.prefix.clone(),
+            epoch,
+            instance,
+        })
+    }
+
+    /// Reconnection events (the server may have restarted empty).
+    pub fn reconnections(&self) -> tokio::sync::broadcast::Receiver<Server> {
+        self.client.reconnect_rx()
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.client.is_connected()
+    }
+
+    /// Reconnections so far.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    pub fn shards(&self) -> u32 {
+        self.shards
+    }
+
+    /// The shard of `id`: the same on every instance (unseeded xxh3).
+    pub fn shard(&self, id: i64) -> u32 {
+        (xxhash_rust::xxh3::xxh3_64(&id.to_le_bytes()) % u64::from(self.shards)) as u32
+    }
+
+    /// `<prefix>:{<window_start>:<shard>}:ids` — the hash tag spreads a window over a cluster.
+    pub fn ids_key(&self, window_start: i64, shard: u32) -> String {
+        format!("{}:{{{window_start}:{shard}}}:ids", self.prefix)
+    }
+
+    fn window_key(&self, window_start: i64, what: &str) -> String {
+        format!("{}:{{{window_start}}}:{what}", self.prefix)
+    }
+
+    fn check(&self) -> Result<(), StoreError> {
+        if self.client.is_connected() {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable)
+        }
+    }
+
+    /// `SADD` of one id to its window's shard set; true when the fleet had not seen it.
+    pub async fn add(&self, window_start: i64, id: i64) -> Result<bool, StoreError> {
+        self.check()?;
+        let key = self.ids_key(window_start, self.shard(id));
+        let added: u64 = self.client.sadd(key, id).await?;
+        Ok(added == 1)
+    }
+
+    /// Sets the expiry of a window's shard key (absolute, so every instance agrees).
+    pub async fn expire_shard(
+        &self,
+        window_start: i64,
+        shard: u32,
+        at: i64,
+    ) -> Result<(), StoreError> {
+        let _: i64 = self
+            .client
+            .expire_at(self.ids_key(window_start, shard), at, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Registers a callback endpoint for the window, fleet-wide.
+    pub async fn add_endpoint(
+        &self,
+        window_start: i64,
+        endpoint: &str,
+        expire_at: i64,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        let key = self.window_key(window_start, "endpoints");
+        let added: u64 = self.client.sadd(&key, endpoint).await?;
+        if added == 1 {
+            let _: i64 = self.client.expire_at(&key, expire_at, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Re-adds ids (and endpoints) this instance answered for a window, in batches, and sets
+    /// the keys' expiry: after Redis lost them in a restart, or while it was unreachable.
+    pub async fn readd(
+        &self,
+        window_start: i64,
+        ids: &[i64],
+        endpoints: &[Box<str>],
+        expire_at: i64,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        let mut by_shard: Vec<Vec<i64>> = vec![Vec::new(); self.shards as usize];
+        for &id in ids {
+            by_shard[self.shard(id) as usize].push(id);
+        }
+        let mut calls = Vec::new();
+        for (shard, ids) in by_shard.iter().enumerate() {
+            for batch in ids.chunks(READD_BATCH) {
+                let key = self.ids_key(window_start, shard as u32);
+                calls.push(async move {
+                    let _: u64 = self.client.sadd(&key, batch.to_vec()).await?;
+                    let _: i64 = self.client.expire_at(&key, expire_at, None).await?;
+                    Ok::<_, fred::error::Error>(())
+                });
+            }
+        }
+        try_join_all(calls).await?;
+        for endpoint in endpoints {
+            self.add_endpoint(window_start, endpoint, expire_at).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether any of the listed shard sets of the window is missing (Redis lost it).
+    pub async fn any_missing(&self, window_start: i64, shards: &[u32]) -> Result<bool, StoreError> {
+        self.check()?;
+        let checks = shards.iter().map(|&s| {
+            let key = self.ids_key(window_start, s);
+            async move { self.client.exists::<u64, _>(key).await }
+        });
+        let present = try_join_all(checks).await?;
+        Ok(present.contains(&0))
+    }
+
+    /// The fleet count: the sum of `SCARD` over the window's shard sets.
+    pub async fn count(&self, window_start: i64) -> Result<u64, StoreError> {
+        self.check()?;
+        let reads = (0..self.shards).map(|s| {
+            let key = self.ids_key(window_start, s);
+            async move { self.client.scard::<u64, _>(key).await }
+        });
+        Ok(try_join_all(reads).await?.iter().sum())
+    }
+
+    /// Tries to take (or renew, if ours) the window's leader lease.
+    pub async fn lead(&self, window_start: i64, lease: Duration) -> Result<bool, StoreError> {
+        self.check()?;
+        let key = self.window_key(window_start, "leader");
+        let secs = lease.as_secs().max(1) as i64;
+        let taken: Option<String> = self
+            .client
+            .set(
+                &key,
+                self.instance.as_str(),
+                Some(Expiration::EX(secs)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await?;
+        if taken.is_some() {
+            return Ok(true);
+        }
+        let holder: Option<String> = self.client.get(&key).await?;
+        if holder.as_deref() == Some(self.instance.as_str()) {
+            let _: i64 = self.client.expire(&key, secs, None).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Marks the window's fleet report as delivered.
+    pub async fn mark_done(&self, window_start: i64, expire_at: i64) -> Result<(), StoreError> {
+        self.check()?;
+        let key = self.window_key(window_start, "done");
+        let _: Option<String> = self.client.set(&key, "1", None, None, false).await?;
+        let _: i64 = self.client.expire_at(&key, expire_at, None).await?;
+        Ok(())
+    }
+
+    pub async fn is_done(&self, window_start: i64) -> Result<bool, StoreError> {
+        self.check()?;
+        let n: u64 = self
+            .client
+            .exists(self.window_key(window_start, "done"))
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// The window's endpoints, fleet-wide (read once per window by its leader).
+    pub async fn endpoints(&self, window_start: i64) -> Result<Vec<String>, StoreError> {
+        self.check()?;
+        Ok(self
+            .client
+            .smembers(self.window_key(window_start, "endpoints"))
+            .await?)
+    }
+}
