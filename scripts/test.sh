@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run sets CI=true): installs what the tests need,
 # checks formatting and lints, then runs unit tests, the black-box tests against the real
-# binary (real callback receivers on loopback) and every criterion benchmark once.
+# binary (real callback receivers, Redis, Redis Cluster and nginx on loopback) and every
+# criterion benchmark once. Under CI=true a test whose server is missing fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-# Tools the tests call: `kill` (signals to the service) and `date` (independent RFC 3339).
+# Tools the tests call: `kill` (signals to the service), `date` (independent RFC 3339),
+# and the real servers of the fleet tests: Redis (also as a cluster) and nginx.
 need kill procps
 need date coreutils
+need redis-server redis-server
+need redis-cli redis-tools
+need nginx nginx-light
 if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

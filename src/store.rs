@@ -19,6 +19,16 @@ use futures::future::try_join_all;
 /// Ids re-added per `SADD` when an instance refills Redis.
 const READD_BATCH: usize = 1000;
 
+/// The shard of `id` among `shards`: the same on every instance (unseeded xxh3).
+pub fn shard_of(id: i64, shards: u32) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(&id.to_le_bytes()) % u64::from(shards)) as u32
+}
+
+/// `<prefix>:{<window_start>:<shard>}:ids` — the hash tag spreads a window over a cluster.
+pub fn ids_key(prefix: &str, window_start: i64, shard: u32) -> String {
+    format!("{prefix}:{{{window_start}:{shard}}}:ids")
+}
+
 /// Why a store call did not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -128,14 +138,13 @@ impl Store {
         self.shards
     }
 
-    /// The shard of `id`: the same on every instance (unseeded xxh3).
+    /// The shard of `id`.
     pub fn shard(&self, id: i64) -> u32 {
-        (xxhash_rust::xxh3::xxh3_64(&id.to_le_bytes()) % u64::from(self.shards)) as u32
+        shard_of(id, self.shards)
     }
 
-    /// `<prefix>:{<window_start>:<shard>}:ids` — the hash tag spreads a window over a cluster.
     pub fn ids_key(&self, window_start: i64, shard: u32) -> String {
-        format!("{}:{{{window_start}:{shard}}}:ids", self.prefix)
+        ids_key(&self.prefix, window_start, shard)
     }
 
     fn window_key(&self, window_start: i64, what: &str) -> String {

@@ -350,7 +350,8 @@ impl Received {
 }
 
 /// A real HTTP server on loopback recording every request. What it answers depends on the
-/// path: `/fail…` 500, `/hang…` nothing for 10 s, `/redirect…` 302 to `/landing`, else 200.
+/// path: `/fail…` 500, `/hang…` nothing for 10 s, `/slow…` 200 after 3 s, `/redirect…` 302
+/// to `/landing`, else 200.
 pub struct Receiver {
     pub addr: SocketAddr,
     got: Arc<Mutex<Vec<Received>>>,
@@ -373,6 +374,11 @@ impl Receiver {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// Forgets what was received so far.
+    pub fn clear(&self) {
+        self.got.lock().unwrap().clear();
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -434,6 +440,9 @@ fn serve_receiver(stream: TcpStream, sink: &Mutex<Vec<Received>>) {
         } else if path.starts_with("/hang") {
             thread::sleep(Duration::from_secs(10));
             return;
+        } else if path.starts_with("/slow") {
+            thread::sleep(Duration::from_secs(3));
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_string()
         } else if path.starts_with("/redirect") {
             "HTTP/1.1 302 Found\r\nlocation: /landing\r\ncontent-length: 0\r\n\r\n".to_string()
         } else {
@@ -460,5 +469,246 @@ pub fn encode(s: &str) -> String {
             }
             _ => format!("%{b:02X}"),
         })
+        .collect()
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    closed_port()
+}
+
+/// Whether an external server binary is there; under `CI` its absence fails the test.
+pub fn have(binary: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {binary}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{binary} is missing (scripts/test.sh installs it)"
+        );
+        eprintln!("skipping: {binary} is not installed (scripts/test.sh installs it)");
+    }
+    found
+}
+
+/// A real redis-server on a free loopback port, with no persistence.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+    extra: Vec<String>,
+    dir: TempDir,
+}
+
+impl Redis {
+    /// Starts one, or `None` (outside CI) when redis-server is not installed.
+    pub fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Option<Self> {
+        if !have("redis-server") {
+            return None;
+        }
+        let mut redis = Self {
+            port: free_port(),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            dir: TempDir::new("redis"),
+        };
+        redis.launch();
+        Some(redis)
+    }
+
+    fn launch(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&self.dir.0)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let up = wait_for(Duration::from_secs(10), || {
+            (self.cli(&["ping"]).trim() == "PONG").then_some(())
+        });
+        assert!(up.is_some(), "redis-server on {} did not start", self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs redis-cli against this server; its stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// SIGKILLs the server: everything in it is lost.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again, empty, on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A three-master Redis Cluster on loopback.
+pub struct Cluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl Cluster {
+    pub fn start() -> Option<Self> {
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            nodes.push(Redis::start_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+            ])?);
+        }
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let ok = wait_for(Duration::from_secs(20), || {
+            nodes
+                .iter()
+                .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
+                .then_some(())
+        });
+        assert!(ok.is_some(), "cluster did not become ok");
+        Some(Self { nodes })
+    }
+
+    pub fn url(&self) -> String {
+        self.nodes[0].url()
+    }
+}
+
+/// nginx as a load balancer on a free loopback port in front of `upstreams`.
+pub struct Nginx {
+    pub addr: SocketAddr,
+    child: Child,
+    _dir: TempDir,
+}
+
+impl Nginx {
+    pub fn start(upstreams: &[SocketAddr]) -> Option<Self> {
+        if !have("nginx") {
+            return None;
+        }
+        let dir = TempDir::new("nginx");
+        let port = free_port();
+        let servers: String = upstreams
+            .iter()
+            .map(|a| format!("    server {a};\n"))
+            .collect();
+        let conf = format!(
+            "daemon off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
+               upstream verve {{\n{servers}    keepalive 64;\n  }}\n\
+               server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://verve;\n\
+                 proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+            dir = dir.0.display()
+        );
+        let path = dir.0.join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&path)
+            .arg("-p")
+            .arg(&dir.0)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nginx");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let up = wait_for(Duration::from_secs(10), || TcpStream::connect(addr).ok());
+        assert!(up.is_some(), "nginx did not start");
+        Some(Self {
+            addr,
+            child,
+            _dir: dir,
+        })
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `GET /api/verve/accept?id=…` for every id over `connections` keep-alive
+/// connections to `addr` (ids dealt round-robin); returns each id with its status (0 when
+/// the connection failed).
+pub fn send_ids(
+    addr: SocketAddr,
+    ids: &[i64],
+    connections: usize,
+    suffix: &str,
+) -> Vec<(i64, u16)> {
+    let ids = Arc::new(ids.to_vec());
+    let suffix = Arc::new(suffix.to_string());
+    let workers: Vec<_> = (0..connections)
+        .map(|c| {
+            let (ids, suffix) = (Arc::clone(&ids), Arc::clone(&suffix));
+            thread::spawn(move || {
+                let mut conn = Conn::connect(addr);
+                let mut out = Vec::new();
+                for &id in ids.iter().skip(c).step_by(connections) {
+                    let target = format!("/api/verve/accept?id={id}{suffix}");
+                    let status = match conn.try_request("GET", &target) {
+                        Ok(reply) => reply.status,
+                        Err(_) => {
+                            conn = Conn::connect(addr);
+                            0
+                        }
+                    };
+                    out.push((id, status));
+                }
+                out
+            })
+        })
+        .collect();
+    workers
+        .into_iter()
+        .flat_map(|w| w.join().expect("sender"))
         .collect()
 }

@@ -1,0 +1,444 @@
+//! Fleet mode against real Redis, Redis Cluster and nginx, all on loopback.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{
+    Cluster, Nginx, Receiver, Redis, Verve, encode, now_ms, send_ids, sleep_into_next_window,
+    wait_for,
+};
+
+const WINDOW: &str = "4";
+const SECS: i64 = 4;
+
+/// The fleet tests each run several servers and a burst of load: one at a time, so that on
+/// a small machine a burst still fits in its window.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn fleet_args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--redis-url",
+        url,
+        "--window-secs",
+        WINDOW,
+        "--grace-ms",
+        "1000",
+        "--callback-allow",
+        "127.0.0.0/8",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Both instances get the same 10 000 distinct ids at the same moment, each twice over: each
+/// logs the exact fleet count, and every endpoint gets exactly one POST from the fleet.
+#[test]
+fn two_instances_count_the_same_ids_once_and_post_once() {
+    let _serial = serial();
+    let Some(redis) = Redis::start() else { return };
+    let receiver = Receiver::start();
+    let url = redis.url();
+    let a = Verve::start(&fleet_args(&url, &[]));
+    let b = Verve::start(&fleet_args(&url, &[]));
+    let both = receiver.url("/both");
+    let only_a = receiver.url("/only-a");
+    let mut attempt = 0;
+    let window = loop {
+        // Fresh ids per attempt; the first 2000 of them are sent twice to each instance.
+        let base = attempt * 100_000;
+        let ids: Vec<i64> = (base + 1..=base + 10_000)
+            .chain(base + 1..=base + 2_000)
+            .collect();
+        let window = sleep_into_next_window(SECS, 100);
+        let (addr_a, addr_b) = (a.addr, b.addr);
+        let ids_b = ids.clone();
+        let to_b = thread::spawn(move || send_ids(addr_b, &ids_b, 6, ""));
+        let to_a = send_ids(addr_a, &ids, 6, "");
+        let to_b = to_b.join().unwrap();
+        for (id, status) in to_a.iter().chain(&to_b) {
+            assert_eq!(*status, 200, "id {id}");
+        }
+        for (verve, target) in [(&a, &both), (&b, &both), (&a, &only_a)] {
+            let reply = verve.get(&format!(
+                "/api/verve/accept?id={}&endpoint={}",
+                base + 7,
+                encode(target)
+            ));
+            assert_eq!(reply.status, 200);
+        }
+        if now_ms() < (window + SECS) * 1000 {
+            break window;
+        }
+        attempt += 1;
+        assert!(attempt < 3, "the load never fit in one window");
+        eprintln!("burst spilled past its window on a slow machine; retrying");
+        thread::sleep(Duration::from_secs(SECS as u64 + 2)); // let those callbacks go by
+        receiver.clear();
+    };
+
+    for verve in [&a, &b] {
+        let line = verve.wait_window(window, Duration::from_secs(12));
+        assert_eq!(
+            (line.count(), line.get("scope")),
+            (10_000, "fleet"),
+            "{}",
+            line.raw
+        );
+    }
+    let posted = wait_for(Duration::from_secs(10), || {
+        (receiver.to("/both").len() == 1 && receiver.to("/only-a").len() == 1).then_some(())
+    });
+    assert!(
+        posted.is_some(),
+        "callbacks missing: {:?}",
+        receiver.received()
+    );
+    thread::sleep(Duration::from_secs(2)); // a second, wrong POST would show by now
+    assert_eq!(
+        receiver.to("/both").len(),
+        1,
+        "one POST per endpoint from the whole fleet"
+    );
+    assert_eq!(receiver.to("/only-a").len(), 1);
+    let body = &receiver.to("/both")[0].body;
+    assert!(
+        body.contains(r#""unique_requests":10000,"scope":"fleet""#),
+        "{body}"
+    );
+    assert!(
+        a.metric("verve_dedup_seconds_count") >= 1,
+        "store latency is measured"
+    );
+}
+
+/// nginx in front of three instances, ids with many duplicates over many connections: every
+/// instance logs the exact fleet count.
+#[test]
+fn behind_nginx_three_instances_count_exactly() {
+    let _serial = serial();
+    let Some(redis) = Redis::start() else { return };
+    let url = redis.url();
+    let fleet: Vec<Verve> = (0..3)
+        .map(|_| Verve::start(&fleet_args(&url, &[])))
+        .collect();
+    let upstreams: Vec<_> = fleet.iter().map(|v| v.addr).collect();
+    let Some(nginx) = Nginx::start(&upstreams) else {
+        return;
+    };
+    let ids: Vec<i64> = (0..12_000i64).map(|i| (i * 7919) % 3001 - 1500).collect();
+    let distinct = ids.iter().collect::<HashSet<_>>().len() as u64;
+
+    let window = sleep_into_next_window(SECS, 100);
+    let replies = send_ids(nginx.addr, &ids, 16, "");
+    assert!(
+        replies.iter().all(|(_, s)| *s == 200),
+        "not all answered ok"
+    );
+    assert!(
+        now_ms() < (window + SECS) * 1000,
+        "the load spilled past its window"
+    );
+    for verve in &fleet {
+        let line = verve.wait_window(window, Duration::from_secs(12));
+        assert_eq!(
+            (line.count(), line.get("scope")),
+            (distinct, "fleet"),
+            "{}",
+            line.raw
+        );
+        assert!(
+            verve.metric("verve_requests_total{status=\"200\"}") > 0,
+            "nginx spread the load"
+        );
+    }
+}
+
+/// A three-master Redis Cluster: exact counts, and a window's keys spread over the nodes.
+#[test]
+fn redis_cluster_counts_exactly_and_spreads_windows() {
+    let _serial = serial();
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    let url = cluster.url();
+    let a = Verve::start(&fleet_args(&url, &["--redis-cluster"]));
+    let b = Verve::start(&fleet_args(
+        &url,
+        &["--redis-cluster", "--redis-prefix", "verve"],
+    ));
+    let ids: Vec<i64> = (0..4000).collect();
+
+    let window = sleep_into_next_window(SECS, 100);
+    let (addr_b, ids_b) = (b.addr, ids[1000..].to_vec());
+    let to_b = thread::spawn(move || send_ids(addr_b, &ids_b, 4, ""));
+    let to_a = send_ids(a.addr, &ids[..3000], 4, "");
+    assert!(
+        to_a.iter()
+            .chain(&to_b.join().unwrap())
+            .all(|(_, s)| *s == 200)
+    );
+    assert!(
+        now_ms() < (window + SECS) * 1000,
+        "the load spilled past its window"
+    );
+    for verve in [&a, &b] {
+        let line = verve.wait_window(window, Duration::from_secs(12));
+        assert_eq!(
+            (line.count(), line.get("scope")),
+            (4000, "fleet"),
+            "{}",
+            line.raw
+        );
+    }
+    let pattern = format!("verve:{{{window}:*");
+    let holding = cluster
+        .nodes
+        .iter()
+        .filter(|n| !n.cli(&["--scan", "--pattern", &pattern]).trim().is_empty())
+        .count();
+    assert!(holding >= 2, "the window's keys sit on {holding} node(s)");
+}
+
+/// Redis killed mid-load and restarted empty: 503s while it is down, /readyz flips and
+/// recovers, the same processes serve again, and every id answered ok is in a fleet count.
+#[test]
+fn redis_restart_loses_no_answered_id() {
+    let _serial = serial();
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let a = Verve::start(&fleet_args(&url, &["--redis-timeout-ms", "200"]));
+    let b = Verve::start(&fleet_args(&url, &["--redis-timeout-ms", "200"]));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = sleep_into_next_window(SECS, 100);
+    let load: Vec<_> = [a.addr, b.addr]
+        .into_iter()
+        .enumerate()
+        .map(|(n, addr)| {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut answered = Vec::new(); // (id, status, sent ms, answered ms)
+                let mut id = n as i64 * 1_000_000_000;
+                let mut conn = common::Conn::connect(addr);
+                while !stop.load(Ordering::Relaxed) {
+                    id += 1;
+                    let sent = now_ms();
+                    let status =
+                        match conn.try_request("GET", &format!("/api/verve/accept?id={id}")) {
+                            Ok(r) => r.status,
+                            Err(_) => {
+                                conn = common::Conn::connect(addr);
+                                0
+                            }
+                        };
+                    answered.push((id, status, sent, now_ms()));
+                    thread::sleep(Duration::from_millis(1));
+                }
+                answered
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(1500));
+    redis.kill();
+    let not_ready = wait_for(Duration::from_secs(3), || {
+        (a.get("/readyz").status == 503).then_some(())
+    });
+    assert!(not_ready.is_some(), "/readyz stayed 200 with Redis down");
+    thread::sleep(Duration::from_millis(500));
+    redis.restart();
+    let ready = wait_for(Duration::from_secs(10), || {
+        (a.get("/readyz").status == 200 && b.get("/readyz").status == 200).then_some(())
+    });
+    assert!(ready.is_some(), "/readyz did not recover");
+    thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    let answered: Vec<_> = load.into_iter().flat_map(|l| l.join().unwrap()).collect();
+    let unavailable = answered.iter().filter(|r| r.1 == 503).count();
+    assert!(unavailable > 0, "no request saw Redis down");
+    assert!(
+        answered.iter().all(|r| matches!(r.1, 200 | 503)),
+        "only ok or 503"
+    );
+
+    let last = answered.iter().map(|r| r.3).max().unwrap() / 1000 / SECS * SECS;
+    for verve in [&a, &b] {
+        let reported = verve.wait_window(last, Duration::from_secs(15));
+        assert_eq!(reported.get("scope"), "fleet", "{}", reported.raw);
+    }
+    // Every ok id whose request lay wholly inside one window is in that window's fleet count.
+    for start in (started..=last).step_by(SECS as usize) {
+        let (lo, hi) = (start * 1000, (start + SECS) * 1000);
+        let ok_inside = answered
+            .iter()
+            .filter(|r| r.1 == 200 && r.2 >= lo && r.3 < hi)
+            .count() as u64;
+        for verve in [&a, &b] {
+            let line = verve.wait_window(start, Duration::from_secs(15));
+            assert_eq!(line.get("scope"), "fleet", "{}", line.raw);
+            assert!(
+                line.count() >= ok_inside,
+                "window {start}: {} < {ok_inside} ok ids",
+                line.count()
+            );
+        }
+    }
+    // And in total: every ok id counted, nothing counted that was not sent.
+    let ok = answered.iter().filter(|r| r.1 == 200).count() as u64;
+    let counted: u64 = a
+        .windows()
+        .iter()
+        .filter(|l| l.get("scope") == "fleet")
+        .map(|l| l.count())
+        .sum();
+    assert!(
+        counted >= ok && counted <= answered.len() as u64,
+        "ok {ok}, counted {counted}"
+    );
+    assert!(a.metric("verve_resyncs_total") + b.metric("verve_resyncs_total") > 0);
+}
+
+/// One of two instances killed mid-window: the survivor's fleet count holds every id either
+/// answered ok. Then the leader of a later window is killed after election, mid-delivery:
+/// the survivor takes over and the window's callback still arrives.
+#[test]
+fn instance_and_leader_deaths_lose_nothing() {
+    let _serial = serial();
+    let Some(redis) = Redis::start() else { return };
+    let receiver = Receiver::start();
+    let url = redis.url();
+    let mut a = Verve::start(&fleet_args(&url, &[]));
+    let mut b = Verve::start(&fleet_args(&url, &[]));
+
+    let window = sleep_into_next_window(SECS, 100);
+    let to_a = send_ids(a.addr, &(0..1500).collect::<Vec<_>>(), 4, "");
+    let to_b = send_ids(b.addr, &(1000..3000).collect::<Vec<_>>(), 4, "");
+    b.signal("KILL");
+    b.wait(Duration::from_secs(5));
+    let ok: HashSet<i64> = to_a
+        .iter()
+        .chain(&to_b)
+        .filter(|r| r.1 == 200)
+        .map(|r| r.0)
+        .collect();
+    assert_eq!(ok.len(), 3000);
+    assert!(
+        now_ms() < (window + SECS) * 1000,
+        "the load spilled past its window"
+    );
+    let line = a.wait_window(window, Duration::from_secs(12));
+    assert_eq!(
+        (line.count(), line.get("scope")),
+        (3000, "fleet"),
+        "{}",
+        line.raw
+    );
+
+    // Leader death: both instances register a slow endpoint; kill whichever leads.
+    let mut c = Verve::start(&fleet_args(&url, &[]));
+    let slow = encode(&receiver.url("/slow"));
+    let window = sleep_into_next_window(SECS, 100);
+    for verve in [&a, &c] {
+        let reply = verve.get(&format!("/api/verve/accept?id=1&endpoint={slow}"));
+        assert_eq!(reply.status, 200);
+    }
+    // After the previous window's report (at its end + grace), before this one's.
+    thread::sleep(Duration::from_millis(
+        (window * 1000 + 2000 - now_ms()).max(0) as u64,
+    ));
+    let led_before = a.metric("verve_leader_elections_total");
+    let first = wait_for(Duration::from_secs(12), || {
+        receiver.to("/slow").first().cloned()
+    })
+    .expect("the leader's POST");
+    let killed_at = Instant::now();
+    let (leader, survivor) = if a.metric("verve_leader_elections_total") > led_before {
+        (&mut a, &c)
+    } else {
+        (&mut c, &a)
+    };
+    leader.signal("KILL");
+    leader.wait(Duration::from_secs(5));
+    let again = wait_for(Duration::from_secs(15), || {
+        (receiver.to("/slow").len() >= 2).then_some(())
+    });
+    assert!(
+        again.is_some(),
+        "no instance took over the dead leader's window"
+    );
+    assert!(
+        killed_at.elapsed() >= Duration::from_secs(1),
+        "took over before the lease lapsed"
+    );
+    let retried = &receiver.to("/slow")[1];
+    assert_eq!(
+        retried.header("idempotency-key"),
+        first.header("idempotency-key")
+    );
+    assert_eq!(retried.body, first.body);
+    assert!(survivor.metric("verve_leader_elections_total") >= 1);
+    assert_eq!(
+        first.header("idempotency-key"),
+        Some(common::rfc3339(window).as_str())
+    );
+}
+
+/// Two instances whose clocks differ by less than the grace agree on every window's count,
+/// also for ids that arrive around a boundary (one puts them in the window, the other in the
+/// next).
+#[test]
+fn skewed_clocks_agree_on_every_window() {
+    let _serial = serial();
+    let Some(redis) = Redis::start() else { return };
+    let url = redis.url();
+    let a = Verve::start(&fleet_args(&url, &["--clock-offset-ms", "350"]));
+    let b = Verve::start(&fleet_args(&url, &["--clock-offset-ms", "-350"]));
+    let window = sleep_into_next_window(SECS, 1000);
+    let mut next_id = 0i64;
+    let mut batch = |n: i64| {
+        let ids: Vec<i64> = (next_id..next_id + n).collect();
+        next_id += n;
+        ids
+    };
+    for ids in [batch(300), batch(300)] {
+        let (ra, rb) = (send_ids(a.addr, &ids, 2, ""), send_ids(b.addr, &ids, 2, ""));
+        assert!(ra.iter().chain(&rb).all(|r| r.1 == 200));
+    }
+    // Around the boundary: a sees the next window already, b still this one.
+    let boundary = (window + SECS) * 1000;
+    thread::sleep(Duration::from_millis(
+        (boundary - 150 - now_ms()).max(0) as u64
+    ));
+    for _ in 0..3 {
+        let ids = batch(100);
+        let (ra, rb) = (send_ids(a.addr, &ids, 2, ""), send_ids(b.addr, &ids, 2, ""));
+        assert!(ra.iter().chain(&rb).all(|r| r.1 == 200));
+    }
+    for start in [window, window + SECS] {
+        let (la, lb) = (
+            a.wait_window(start, Duration::from_secs(15)),
+            b.wait_window(start, Duration::from_secs(15)),
+        );
+        assert_eq!(la.get("scope"), "fleet", "{}", la.raw);
+        assert_eq!(
+            la.count(),
+            lb.count(),
+            "window {start}: {} vs {}",
+            la.raw,
+            lb.raw
+        );
+    }
+    let total: u64 = [window, window + SECS]
+        .iter()
+        .map(|&s| a.wait_window(s, Duration::from_secs(1)).count())
+        .sum();
+    assert!(total >= next_id as u64, "ids lost: {total} < {next_id}");
+}
