@@ -35,6 +35,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use callback::Callbacks;
 use config::Config;
@@ -53,6 +55,9 @@ pub struct Shared {
     pub store: Option<Store>,
     /// False once shutdown began: `/readyz` answers 503 so load balancers drain us.
     pub ready: AtomicBool,
+    /// Fleet work that outlives the call that started it (window deliveries, late reports,
+    /// key expiries): owned here so shutdown waits for it, reaped as it finishes.
+    background: parking_lot::Mutex<JoinSet<()>>,
 }
 
 impl Shared {
@@ -73,6 +78,25 @@ impl Shared {
             callbacks,
             store,
             ready: AtomicBool::new(true),
+            background: parking_lot::Mutex::new(JoinSet::new()),
+        }
+    }
+
+    /// Runs `task` in the background, owned by this instance.
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        let mut background = self.background.lock();
+        while background.try_join_next().is_some() {}
+        background.spawn(task);
+    }
+
+    /// Waits for background work until `deadline`, then cancels what is left.
+    async fn finish_background(&self, deadline: Instant) {
+        let mut background = std::mem::take(&mut *self.background.lock());
+        let drained = async { while background.join_next().await.is_some() {} };
+        if tokio::time::timeout_at(deadline, drained).await.is_err() {
+            log::warn!(
+                "background fleet work still running at the shutdown deadline was cancelled"
+            );
         }
     }
 
@@ -134,7 +158,12 @@ pub async fn run(
     if let Err(e) = reporter.await {
         log::error!("reporter failed: {e}");
     }
-    shared.callbacks.close(deadline).await;
+    let until = Instant::now() + deadline;
+    shared.finish_background(until).await;
+    shared
+        .callbacks
+        .close(until.saturating_duration_since(Instant::now()))
+        .await;
     reopener.abort();
     resyncer.abort();
     Ok(())

@@ -69,8 +69,16 @@ pub struct Store {
     prefix: String,
     /// Bumped on every reconnection; a window opened before the last bump is re-added.
     epoch: Arc<AtomicU64>,
+    /// Follows reconnections into `epoch`; stopped with the store.
+    epoch_task: tokio::task::JoinHandle<()>,
     /// This instance's name in leader leases.
     instance: String,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.epoch_task.abort();
+    }
 }
 
 impl Store {
@@ -105,9 +113,14 @@ impl Store {
         let epoch = Arc::new(AtomicU64::new(0));
         let mut reconnects = client.reconnect_rx();
         let bump = Arc::clone(&epoch);
-        tokio::spawn(async move {
-            while reconnects.recv().await.is_ok() {
-                bump.fetch_add(1, Ordering::AcqRel);
+        let epoch_task = tokio::spawn(async move {
+            loop {
+                match reconnects.recv().await {
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        bump.fetch_add(1, Ordering::AcqRel);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
             }
         });
         let instance = format!("{:016x}", crate::window::Xxh3Seeded::random().hash_one(0u8));
@@ -116,6 +129,7 @@ impl Store {
             shards: settings.shards,
             prefix: settings.prefix.clone(),
             epoch,
+            epoch_task,
             instance,
         })
     }

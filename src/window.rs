@@ -125,7 +125,9 @@ pub enum Registered {
 }
 
 impl Window {
-    fn new(start: i64, shape: &Shape, epoch: u64) -> Self {
+    /// A window sized for `capacity` ids (its predecessor's count), so that it does not
+    /// rehash while it fills.
+    fn new(start: i64, shape: &Shape, epoch: u64, capacity: usize) -> Self {
         let Shape {
             hasher,
             max_endpoints,
@@ -134,7 +136,7 @@ impl Window {
         } = *shape;
         Self {
             start,
-            ids: DashMap::with_hasher_and_shard_amount(hasher, SHARDS),
+            ids: DashMap::with_capacity_and_hasher_and_shard_amount(capacity, hasher, SHARDS),
             endpoints: DashMap::with_hasher_and_shard_amount(hasher, 8),
             endpoint_slots: AtomicUsize::new(0),
             max_endpoints,
@@ -289,8 +291,8 @@ impl Windows {
         };
         let first = window_start(now_ms, secs);
         let open = [
-            Arc::new(Window::new(first, &shape, 0)),
-            Arc::new(Window::new(first + secs, &shape, 0)),
+            Arc::new(Window::new(first, &shape, 0, 0)),
+            Arc::new(Window::new(first + secs, &shape, 0, 0)),
         ];
         Self {
             shape,
@@ -336,12 +338,13 @@ impl Windows {
     /// with the store's `epoch`. Returns the closed window; its count is final once its
     /// `inflight` reaches zero.
     pub fn rotate(&self, epoch: u64) -> Arc<Window> {
+        let (next_start, capacity) = {
+            let open = self.open.read();
+            (open[1].start + self.shape.secs, open[0].count())
+        };
+        // Built outside the lock: allocating a large table must not stall requests.
+        let next = Arc::new(Window::new(next_start, &self.shape, epoch, capacity));
         let mut open = self.open.write();
-        let next = Arc::new(Window::new(
-            open[1].start + self.shape.secs,
-            &self.shape,
-            epoch,
-        ));
         let newer = std::mem::replace(&mut open[1], next);
         std::mem::replace(&mut open[0], newer)
     }
@@ -494,5 +497,55 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(w.open()[0].count(), 50_000);
+    }
+}
+
+#[cfg(test)]
+mod fleet_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn concurrent_adds_of_one_id_share_one_store_call() {
+        let windows = Windows::new(0, 60, 1, 4);
+        let window = Arc::clone(&windows.open()[0]);
+        let calls = AtomicUsize::new(0);
+        let add = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok::<(), &str>(())
+        };
+        let adds = (0..10).map(|_| window.add_once(5, add));
+        let outcomes = futures::future::join_all(adds).await;
+        assert!(outcomes.iter().all(Result::is_ok));
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "one store call for ten requests"
+        );
+        assert!(window.contains(5));
+
+        // A failure is not remembered: the next request asks the store again.
+        assert_eq!(
+            window.add_once(6, || async { Err::<(), _>("down") }).await,
+            Err("down")
+        );
+        assert!(!window.contains(6));
+        assert_eq!(
+            window.add_once(6, || async { Ok::<(), &str>(()) }).await,
+            Ok(())
+        );
+        assert!(window.contains(6));
+    }
+
+    #[test]
+    fn shards_are_touched_once() {
+        let windows = Windows::new(0, 60, 1, 4);
+        let window = &windows.open()[0];
+        assert!(window.touch_shard(2));
+        assert!(!window.touch_shard(2));
+        assert!(window.touch_shard(0));
+        assert!(!window.touch_shard(9), "out of range is never touched");
+        assert_eq!(window.touched_shards(), vec![0, 2]);
     }
 }

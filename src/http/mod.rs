@@ -268,9 +268,9 @@ async fn accept_in_fleet(
         }
         let shard = store.shard(id);
         if window.touch_shard(shard) {
-            let (shared, start) = (Arc::clone(&shared), window.start);
-            tokio::spawn(async move {
-                if let Some(store) = &shared.store
+            let (owner, start) = (Arc::clone(&shared), window.start);
+            shared.spawn(async move {
+                if let Some(store) = &owner.store
                     && let Err(e) = store.expire_shard(start, shard, expiry).await
                 {
                     log::warn!("setting expiry of window {start} shard {shard} failed: {e}");

@@ -37,6 +37,22 @@ fn report_deadline_ms(shared: &Shared, window_start: i64) -> i64 {
     (expire_at(shared, window_start) - 5) * 1000
 }
 
+/// Whether the window's fleet report is past its deadline; if so, says so (log, metric).
+fn past_deadline(shared: &Shared, window_start: i64, why: &str) -> bool {
+    if shared.clock.now_ms() < report_deadline_ms(shared, window_start) {
+        return false;
+    }
+    shared
+        .metrics
+        .fleet_reports_abandoned
+        .fetch_add(1, Ordering::Relaxed);
+    log::warn!(
+        "window {}: fleet report given up at its deadline: {why}",
+        format_utc(window_start * 1000, false)
+    );
+    true
+}
+
 /// How long the reporter waits for the fleet count before logging the local one as partial.
 fn read_timeout(shared: &Shared) -> Duration {
     let redis =
@@ -53,7 +69,7 @@ pub async fn report(shared: &Arc<Shared>, window: Arc<Window>) {
     match tokio::time::timeout(read_timeout(shared), fleet_count(shared, store, &window)).await {
         Ok(Ok(count)) => {
             log_count(shared, window.start, count, "fleet", false);
-            tokio::spawn(deliver(Arc::clone(shared), window.start, count));
+            shared.spawn(deliver(Arc::clone(shared), window.start, count));
         }
         outcome => {
             let why = match outcome {
@@ -65,7 +81,7 @@ pub async fn report(shared: &Arc<Shared>, window: Arc<Window>) {
                 format_utc(window.start * 1000, false)
             );
             log_count(shared, window.start, window.count() as u64, "local", true);
-            tokio::spawn(report_later(Arc::clone(shared), window));
+            shared.spawn(report_later(Arc::clone(shared), window));
         }
     }
 }
@@ -141,14 +157,7 @@ async fn report_later(shared: Arc<Shared>, window: Arc<Window>) {
     let shown = format_utc(start * 1000, false);
     loop {
         tokio::time::sleep(RETRY).await;
-        if shared.clock.now_ms() >= report_deadline_ms(&shared, start) {
-            shared
-                .metrics
-                .fleet_reports_abandoned
-                .fetch_add(1, Ordering::Relaxed);
-            log::warn!(
-                "window {shown}: fleet report given up, Redis unreachable until its deadline"
-            );
+        if past_deadline(&shared, start, "Redis unreachable until then") {
             return;
         }
         let read =
@@ -171,14 +180,7 @@ async fn deliver(shared: Arc<Shared>, start: i64, count: u64) {
     let shown = format_utc(start * 1000, false);
     let expiry = expire_at(&shared, start);
     loop {
-        if shared.clock.now_ms() >= report_deadline_ms(&shared, start) {
-            shared
-                .metrics
-                .fleet_reports_abandoned
-                .fetch_add(1, Ordering::Relaxed);
-            log::warn!(
-                "window {shown}: fleet callbacks given up, no instance completed them in time"
-            );
+        if past_deadline(&shared, start, "no instance completed its callbacks") {
             return;
         }
         match store.is_done(start).await {
@@ -191,6 +193,9 @@ async fn deliver(shared: Arc<Shared>, start: i64, count: u64) {
         }
         match store.lead(start, LEASE).await {
             Ok(true) => {}
+            Ok(false) if !shared.ready.load(Ordering::Acquire) => {
+                return; // shutting down: the leader, or a live instance, finishes this window
+            }
             Ok(false) => {
                 tokio::time::sleep(LEASE / 2).await;
                 continue;
