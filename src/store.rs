@@ -6,6 +6,7 @@
 //! client is disconnected, calls fail at once with [`StoreError::Unavailable`] rather than
 //! queueing behind a dead connection.
 
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,10 +15,27 @@ use std::time::Duration;
 use fred::prelude::*;
 use fred::types::config::UnresponsiveConfig;
 use fred::types::{Expiration, SetOptions};
-use futures::future::try_join_all;
+use futures::future::{join_all, try_join_all};
+use tokio::sync::{mpsc, oneshot};
 
 /// Ids re-added per `SADD` when an instance refills Redis.
 const READD_BATCH: usize = 1000;
+
+/// Most ids the batcher takes off its queue for one round of `SADD`s.
+const MAX_BATCH: usize = 1024;
+
+/// Ids waiting for the batcher; beyond this a request is shed with 503.
+const ADD_QUEUE: usize = 65_536;
+
+/// Where the batcher tells a request its id's outcome.
+type Answer = oneshot::Sender<Result<(), StoreError>>;
+
+/// One id waiting to be added, and who to tell.
+struct PendingAdd {
+    window_start: i64,
+    id: i64,
+    done: Answer,
+}
 
 /// The shard of `id` among `shards`: the same on every instance (unseeded xxh3).
 pub fn shard_of(id: i64, shards: u32) -> u32 {
@@ -71,6 +89,12 @@ pub struct Store {
     epoch: Arc<AtomicU64>,
     /// Follows reconnections into `epoch`; stopped with the store.
     epoch_task: tokio::task::JoinHandle<()>,
+    /// Ids for the batcher, which groups them into one `SADD` per shard key.
+    adds: mpsc::Sender<PendingAdd>,
+    /// The batcher; stopped with the store.
+    batcher: tokio::task::JoinHandle<()>,
+    /// Longest wait for the batcher's answer.
+    timeout: Duration,
     /// This instance's name in leader leases.
     instance: String,
 }
@@ -78,6 +102,7 @@ pub struct Store {
 impl Drop for Store {
     fn drop(&mut self) {
         self.epoch_task.abort();
+        self.batcher.abort();
     }
 }
 
@@ -123,6 +148,13 @@ impl Store {
                 }
             }
         });
+        let (adds, queue) = mpsc::channel(ADD_QUEUE);
+        let batcher = tokio::spawn(run_batcher(
+            client.clone(),
+            settings.prefix.clone(),
+            settings.shards,
+            queue,
+        ));
         let instance = format!("{:016x}", crate::window::Xxh3Seeded::random().hash_one(0u8));
         Ok(Self {
             client,
@@ -130,6 +162,9 @@ impl Store {
             prefix: settings.prefix.clone(),
             epoch,
             epoch_task,
+            adds,
+            batcher,
+            timeout,
             instance,
         })
     }
@@ -173,12 +208,25 @@ impl Store {
         }
     }
 
-    /// `SADD` of one id to its window's shard set; true when the fleet had not seen it.
-    pub async fn add(&self, window_start: i64, id: i64) -> Result<bool, StoreError> {
+    /// Adds one id to its window's shard set. Ids arriving while a round of `SADD`s is in
+    /// flight go together in the next round, one `SADD` per shard key (group commit): the
+    /// command count falls as load rises, and each id is answered once Redis holds it.
+    pub async fn add(&self, window_start: i64, id: i64) -> Result<(), StoreError> {
         self.check()?;
-        let key = self.ids_key(window_start, self.shard(id));
-        let added: u64 = self.client.sadd(key, id).await?;
-        Ok(added == 1)
+        let (done, answer) = oneshot::channel();
+        let pending = PendingAdd {
+            window_start,
+            id,
+            done,
+        };
+        self.adds
+            .try_send(pending)
+            .map_err(|_| StoreError::Unavailable)?;
+        match tokio::time::timeout(self.timeout, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(StoreError::Unavailable),
+            Err(_) => Err(StoreError::Timeout),
+        }
     }
 
     /// Sets the expiry of a window's shard key (absolute, so every instance agrees).
@@ -315,5 +363,43 @@ impl Store {
             .client
             .smembers(self.window_key(window_start, "endpoints"))
             .await?)
+    }
+}
+
+/// Takes every queued id, sends one `SADD` per shard key (pipelined by fred), answers each
+/// id with its key's outcome, and starts over: one round in flight at a time.
+async fn run_batcher(
+    client: Client,
+    prefix: String,
+    shards: u32,
+    mut queue: mpsc::Receiver<PendingAdd>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut groups: HashMap<(i64, u32), (Vec<i64>, Vec<Answer>)> = HashMap::new();
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        for pending in batch.drain(..) {
+            let group = groups
+                .entry((pending.window_start, shard_of(pending.id, shards)))
+                .or_default();
+            group.0.push(pending.id);
+            group.1.push(pending.done);
+        }
+        let rounds = groups
+            .drain()
+            .map(|((window_start, shard), (ids, waiting))| {
+                let key = ids_key(&prefix, window_start, shard);
+                let client = &client;
+                async move {
+                    let outcome = client
+                        .sadd::<u64, _, _>(key, ids)
+                        .await
+                        .map(|_| ())
+                        .map_err(StoreError::from);
+                    for done in waiting {
+                        let _ = done.send(outcome.clone());
+                    }
+                }
+            });
+        join_all(rounds).await;
     }
 }

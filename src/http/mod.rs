@@ -256,11 +256,7 @@ async fn accept_in_fleet(
     let expiry = expire_at(&shared, window.start);
     if !window.contains(id) {
         let started = Instant::now();
-        let added = window
-            .add_once(id, || async {
-                store.add(window.start, id).await.map(|_| ())
-            })
-            .await;
+        let added = window.add_once(id, || store.add(window.start, id)).await;
         shared.metrics.store_call(started.elapsed(), added.is_ok());
         if let Err(e) = added {
             log::debug!("SADD for window {} failed: {e}", window.start);
