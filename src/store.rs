@@ -93,8 +93,6 @@ pub struct Store {
     adds: mpsc::Sender<PendingAdd>,
     /// The batcher; stopped with the store.
     batcher: tokio::task::JoinHandle<()>,
-    /// Longest wait for the batcher's answer.
-    timeout: Duration,
     /// This instance's name in leader leases.
     instance: String,
 }
@@ -164,7 +162,6 @@ impl Store {
             epoch_task,
             adds,
             batcher,
-            timeout,
             instance,
         })
     }
@@ -222,11 +219,9 @@ impl Store {
         self.adds
             .try_send(pending)
             .map_err(|_| StoreError::Unavailable)?;
-        match tokio::time::timeout(self.timeout, answer).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(StoreError::Unavailable),
-            Err(_) => Err(StoreError::Timeout),
-        }
+        // No timer per request: every SADD carries fred's command timeout, so an answer
+        // comes within two of them (the round in flight, then this one).
+        answer.await.unwrap_or(Err(StoreError::Unavailable))
     }
 
     /// Sets the expiry of a window's shard key (absolute, so every instance agrees).
