@@ -23,6 +23,17 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The instance logged the window with this fleet count.
+fn assert_fleet_count(verve: &Verve, window: i64, count: u64) {
+    let line = verve.wait_window(window, Duration::from_secs(12));
+    assert_eq!(
+        (line.count(), line.get("scope")),
+        (count, "fleet"),
+        "{}",
+        line.raw
+    );
+}
+
 fn fleet_args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "--redis-url",
@@ -85,13 +96,7 @@ fn two_instances_count_the_same_ids_once_and_post_once() {
     };
 
     for verve in [&a, &b] {
-        let line = verve.wait_window(window, Duration::from_secs(12));
-        assert_eq!(
-            (line.count(), line.get("scope")),
-            (10_000, "fleet"),
-            "{}",
-            line.raw
-        );
+        assert_fleet_count(verve, window, 10_000);
     }
     let posted = wait_for(Duration::from_secs(10), || {
         (receiver.to("/both").len() == 1 && receiver.to("/only-a").len() == 1).then_some(())
@@ -147,13 +152,7 @@ fn behind_nginx_three_instances_count_exactly() {
         "the load spilled past its window"
     );
     for verve in &fleet {
-        let line = verve.wait_window(window, Duration::from_secs(12));
-        assert_eq!(
-            (line.count(), line.get("scope")),
-            (distinct, "fleet"),
-            "{}",
-            line.raw
-        );
+        assert_fleet_count(verve, window, distinct);
         assert!(
             verve.metric("verve_requests_total{status=\"200\"}") > 0,
             "nginx spread the load"
@@ -190,13 +189,7 @@ fn redis_cluster_counts_exactly_and_spreads_windows() {
         "the load spilled past its window"
     );
     for verve in [&a, &b] {
-        let line = verve.wait_window(window, Duration::from_secs(12));
-        assert_eq!(
-            (line.count(), line.get("scope")),
-            (4000, "fleet"),
-            "{}",
-            line.raw
-        );
+        assert_fleet_count(verve, window, 4000);
     }
     let pattern = format!("verve:{{{window}:*");
     let holding = cluster
@@ -334,13 +327,7 @@ fn instance_and_leader_deaths_lose_nothing() {
         now_ms() < (window + SECS) * 1000,
         "the load spilled past its window"
     );
-    let line = a.wait_window(window, Duration::from_secs(12));
-    assert_eq!(
-        (line.count(), line.get("scope")),
-        (3000, "fleet"),
-        "{}",
-        line.raw
-    );
+    assert_fleet_count(&a, window, 3000);
 
     // Leader death: both instances register a slow endpoint; kill whichever leads.
     let mut c = Verve::start(&fleet_args(&url, &[]));

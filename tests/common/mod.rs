@@ -248,10 +248,7 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header(&self.headers, name)
     }
 }
 
@@ -315,6 +312,14 @@ impl Conn {
     }
 }
 
+/// The first header called `name` (any case).
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
 /// Reads header lines up to the blank line; the headers and the Content-Length (0 if none).
 fn read_headers(reader: &mut impl BufRead) -> std::io::Result<(Vec<(String, String)>, usize)> {
     let mut headers = Vec::new();
@@ -331,10 +336,8 @@ fn read_headers(reader: &mut impl BufRead) -> std::io::Result<(Vec<(String, Stri
             headers.push((k.trim().to_string(), v.trim().to_string()));
         }
     }
-    let len = headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse().ok())
+    let len = header(&headers, "content-length")
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     Ok((headers, len))
 }
@@ -350,10 +353,7 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header(&self.headers, name)
     }
 }
 
