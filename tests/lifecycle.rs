@@ -227,3 +227,21 @@ fn sighup_reopens_the_count_log() {
     assert!(old_last.get("window_start") < new_first.get("window_start"));
     assert_eq!(verve.get("/healthz").status, 200);
 }
+
+/// Fleet mode needs Redis at start-up: without it verve exits 1, naming the flag.
+#[test]
+fn unreachable_redis_stops_start_up_naming_the_flag() {
+    let port = common::closed_port();
+    let out = Command::new(env!("CARGO_BIN_EXE_verve"))
+        .args(["--listen", "127.0.0.1:0", "--log-file", "/dev/null"])
+        .args(["--redis-url", &format!("redis://127.0.0.1:{port}")])
+        .output()
+        .expect("run verve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--redis-url"), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "printed a listen address without a store"
+    );
+}
