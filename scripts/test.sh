@@ -14,6 +14,7 @@ need date coreutils
 need redis-server redis-server
 need redis-cli redis-tools
 need nginx nginx-light
+need openssl openssl
 if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

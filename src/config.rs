@@ -111,6 +111,11 @@ pub struct Config {
     #[arg(long, env = "VERVE_REDIS_PREFIX", default_value = "verve")]
     pub redis_prefix: String,
 
+    /// PEM file of the CA that signed Redis's certificate (rediss:// with a private CA);
+    /// unset trusts the system's roots.
+    #[arg(long, env = "VERVE_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
     /// Shifts this instance's clock (testing clock skew between instances).
     #[arg(long, env = "VERVE_CLOCK_OFFSET_MS", default_value_t = 0, hide = true)]
     pub clock_offset_ms: i64,
@@ -202,6 +207,14 @@ impl Config {
         {
             return Err("--redis-url must start with redis:// or rediss://".to_string());
         }
+        if self.redis_ca_file.is_some()
+            && !self
+                .redis_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("rediss"))
+        {
+            return Err("--redis-ca-file needs a rediss:// --redis-url".to_string());
+        }
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}', ' ']) {
             return Err("--redis-prefix must be non-empty, without braces or spaces".to_string());
         }
@@ -216,6 +229,7 @@ impl Config {
             shards: self.redis_shards,
             timeout: Duration::from_millis(self.redis_timeout_ms),
             prefix: self.redis_prefix.clone(),
+            ca_file: self.redis_ca_file.clone(),
         })
     }
 

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -78,6 +79,9 @@ pub struct Settings {
     pub shards: u32,
     pub timeout: Duration,
     pub prefix: String,
+    /// PEM file of the CA that signed the server's certificate (`rediss://` with a private
+    /// CA); unset trusts the system's roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The fleet's view of Redis.
@@ -107,12 +111,17 @@ impl Drop for Store {
 impl Store {
     /// Connects, waiting at most `connect_timeout` for the first connection.
     pub async fn connect(settings: &Settings, connect_timeout: Duration) -> Result<Self, String> {
-        let config = if settings.cluster {
+        let mut config = if settings.cluster {
             Config::from_url_clustered(&settings.url)
         } else {
             Config::from_url(&settings.url)
         }
         .map_err(|e| format!("--redis-url: {}", e.details()))?;
+        if let Some(ca_file) = &settings.ca_file {
+            let tls = tls_trusting(ca_file)
+                .map_err(|e| format!("--redis-ca-file {}: {e}", ca_file.display()))?;
+            config.tls = Some(fred::types::config::TlsConnector::from(tls).into());
+        }
         let timeout = settings.timeout;
         let client = Builder::from_config(config)
             .with_performance_config(|p| p.default_command_timeout = timeout)
@@ -359,6 +368,27 @@ impl Store {
             .smembers(self.window_key(window_start, "endpoints"))
             .await?)
     }
+}
+
+/// A TLS client configuration trusting only the CA certificates in `ca_file`.
+fn tls_trusting(ca_file: &Path) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| e.to_string())? {
+        roots
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    if roots.is_empty() {
+        return Err("no certificate in the file".to_string());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Takes every queued id, sends one `SADD` per shard key (pipelined by fred), answers each

@@ -429,3 +429,42 @@ fn skewed_clocks_agree_on_every_window() {
         .sum();
     assert!(total >= next_id as u64, "ids lost: {total} < {next_id}");
 }
+
+/// `rediss://` with a private CA (`--redis-ca-file`): the fleet counts over TLS, and a
+/// server whose certificate is not trusted stops start-up.
+#[test]
+fn fleet_over_tls_with_a_private_ca() {
+    let _serial = serial();
+    let Some(redis) = Redis::start_tls() else {
+        return;
+    };
+    let url = redis.url();
+    let ca = redis.ca.clone().unwrap().display().to_string();
+    let a = Verve::start(&fleet_args(&url, &["--redis-ca-file", &ca]));
+    let b = Verve::start(&fleet_args(&url, &["--redis-ca-file", &ca]));
+    let window = sleep_into_next_window(SECS, 100);
+    let to_a = send_ids(a.addr, &(0..600).collect::<Vec<_>>(), 2, "");
+    let to_b = send_ids(b.addr, &(300..900).collect::<Vec<_>>(), 2, "");
+    assert!(to_a.iter().chain(&to_b).all(|r| r.1 == 200));
+    assert!(
+        now_ms() < (window + SECS) * 1000,
+        "the load spilled past its window"
+    );
+    assert_fleet_count(&a, window, 900);
+    assert_fleet_count(&b, window, 900);
+
+    // Without the CA the certificate is not trusted: start-up fails naming the flag.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_verve"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--log-file",
+            "/dev/null",
+            "--redis-url",
+            &url,
+        ])
+        .output()
+        .expect("run verve");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--redis-url"));
+}

@@ -490,6 +490,8 @@ pub struct Redis {
     pub port: u16,
     child: Option<Child>,
     extra: Vec<String>,
+    /// With TLS: the CA certificate that signed the server's (made by `openssl`).
+    pub ca: Option<PathBuf>,
     dir: TempDir,
 }
 
@@ -507,15 +509,112 @@ impl Redis {
             port: free_port(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            ca: None,
             dir: TempDir::new("redis"),
         };
         redis.launch();
         Some(redis)
     }
 
+    /// A TLS-only server whose certificate (for 127.0.0.1) is signed by a fresh private CA.
+    pub fn start_tls() -> Option<Self> {
+        if !have("redis-server") || !have("openssl") {
+            return None;
+        }
+        let dir = TempDir::new("redis-tls");
+        let path = |f: &str| dir.0.join(f).display().to_string();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .output()
+                .expect("run openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::fs::write(path("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=verve-test-ca",
+            "-keyout",
+            &path("ca.key"),
+            "-out",
+            &path("ca.crt"),
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            &path("server.key"),
+            "-out",
+            &path("server.csr"),
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            &path("server.csr"),
+            "-CA",
+            &path("ca.crt"),
+            "-CAkey",
+            &path("ca.key"),
+            "-CAcreateserial",
+            "-extfile",
+            &path("ext.cnf"),
+            "-out",
+            &path("server.crt"),
+        ]);
+        let port = free_port();
+        let extra = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &path("server.crt"),
+            "--tls-key-file",
+            &path("server.key"),
+            "--tls-ca-cert-file",
+            &path("ca.crt"),
+            "--tls-auth-clients",
+            "no",
+        ];
+        let mut redis = Self {
+            port,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            ca: Some(dir.0.join("ca.crt")),
+            dir,
+        };
+        redis.launch();
+        Some(redis)
+    }
+
     fn launch(&mut self) {
+        let port = self.port.to_string();
+        let plain = if self.ca.is_some() {
+            vec![]
+        } else {
+            vec!["--port", port.as_str()]
+        };
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(plain)
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(&self.dir.0)
             .args(&self.extra)
@@ -530,12 +629,17 @@ impl Redis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.ca.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Runs redis-cli against this server; its stdout.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
+        let mut cli = Command::new("redis-cli");
+        if let Some(ca) = &self.ca {
+            cli.arg("--tls").arg("--cacert").arg(ca);
+        }
+        let out = cli
             .args(["-p", &self.port.to_string()])
             .args(args)
             .output()
