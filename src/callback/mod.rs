@@ -45,7 +45,7 @@ pub struct Delivery {
     pub body: Arc<str>,
     /// Deliveries of the same window still queued or running; each delivery takes itself off
     /// when dropped (done, given up, or refused by a full queue).
-    pub batch: Option<Batch>,
+    pub batch: Batch,
 }
 
 /// A count of unfinished deliveries, shared by one window's deliveries.
@@ -53,9 +53,7 @@ pub type Batch = Arc<AtomicUsize>;
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        if let Some(batch) = &self.batch {
-            batch.fetch_sub(1, Ordering::AcqRel);
-        }
+        self.batch.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

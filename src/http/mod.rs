@@ -107,10 +107,10 @@ impl hyper::service::Service<Request<Incoming>> for Service {
 
     fn call(&self, req: Request<Incoming>) -> Answer {
         let uri = req.uri();
+        if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > MAX_TARGET_LEN {
+            return Answer::now(answer(&self.shared, Outcome::UriTooLong));
+        }
         if req.method() == Method::GET && uri.path() == ACCEPT_PATH {
-            if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > MAX_TARGET_LEN {
-                return Answer::now(answer(&self.shared, Outcome::UriTooLong));
-            }
             return accept(&self.shared, uri.query().unwrap_or(""));
         }
         Answer::now(respond(&self.shared, &req))
@@ -143,13 +143,10 @@ impl Future for Answer {
     }
 }
 
+/// Every route but a GET of the accept path (the target length is already checked).
 fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
     let uri = req.uri();
-    let target_len = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     let is_get = req.method() == Method::GET;
-    if target_len > MAX_TARGET_LEN {
-        return answer(shared, Outcome::UriTooLong);
-    }
     match uri.path() {
         "/healthz" if is_get => text(StatusCode::OK, Bytes::from_static(b"ok")),
         "/readyz" if is_get => {

@@ -118,7 +118,7 @@ fn send_callbacks(
             endpoint,
             window_start: Arc::clone(&window_start),
             body: Arc::clone(&body),
-            batch: Some(Arc::clone(&batch)),
+            batch: Arc::clone(&batch),
         };
         if !shared.callbacks.submit(delivery) {
             dropped += 1;
