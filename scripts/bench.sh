@@ -5,8 +5,9 @@
 #   fleet-unique  fleet mode on a local redis-server, every id fresh target >= 0.60 x bare
 #   fleet-repeat  fleet mode, every id sent 10 times                 target >= 0.85 x bare
 # Usage: scripts/bench.sh [SECONDS_PER_RUN] [ROUNDS] [SCENARIO...]   (defaults: 10 3, all)
-# Prints each run's rate and p99 (wrk's, indicative), the ratio of the medians, and for the
-# fleet scenarios the Redis commands per request from INFO commandstats. Loopback only.
+# Every run is paired with a bare run just before it; prints each run's rate, p99 (wrk's,
+# indicative) and ratio, the median ratio per scenario, and for the fleet scenarios the Redis
+# commands per request from INFO commandstats. Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -51,13 +52,10 @@ run() { # run ADDR SCRIPT -> prints "rate p99 requests"
 redis_calls() { redis-cli -p "$redis_port" info commandstats | awk -F'[:=,]' '/^cmdstat_/ {n += $3} END {print n+0}'; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-echo "wrk -t2 -c$conns -d${secs}s, $rounds rounds; bare=$bare_addr single=$single_addr fleet=$fleet_addr redis=:$redis_port"
+echo "wrk -t2 -c$conns -d${secs}s, $rounds rounds, each run paired with a bare run; bare=$bare_addr single=$single_addr fleet=$fleet_addr redis=:$redis_port"
 : >"$tmp/bare.rates"
-for s in "${scenarios[@]}"; do : >"$tmp/$s.rates"; : >"$tmp/$s.cpr"; done
+for s in "${scenarios[@]}"; do : >"$tmp/$s.rates"; : >"$tmp/$s.ratios"; : >"$tmp/$s.cpr"; done
 for r in $(seq 1 "$rounds"); do
-  read -r rate p99 _ <<<"$(run "$bare_addr" unique)"
-  echo "$rate" >>"$tmp/bare.rates"
-  printf 'round %d  %-13s %9.0f req/s  p99 %s\n' "$r" bare "$rate" "$p99"
   for s in "${scenarios[@]}"; do
     case $s in
       single) addr=$single_addr script=unique ;;
@@ -65,25 +63,30 @@ for r in $(seq 1 "$rounds"); do
       fleet-repeat) addr=$fleet_addr script=repeat10 ;;
       *) echo "unknown scenario $s" >&2; exit 2 ;;
     esac
+    # Each run is paired with a bare run just before it: this VM's speed drifts by 10-20 %
+    # within minutes, and a ratio of neighbours cancels most of that drift.
+    read -r bare p99 _ <<<"$(run "$bare_addr" unique)"
+    echo "$bare" >>"$tmp/bare.rates"
+    printf 'round %d  %-13s %9.0f req/s  p99 %s\n' "$r" bare "$bare" "$p99"
     before=$(redis_calls)
     read -r rate p99 n <<<"$(run "$addr" "$script")"
     echo "$rate" >>"$tmp/$s.rates"
+    awk -v v="$rate" -v b="$bare" 'BEGIN {printf "%.4f\n", v/b}' >>"$tmp/$s.ratios"
     extra=""
     if [ "$s" != single ]; then
       cpr=$(awk -v c="$(( $(redis_calls) - before ))" -v n="$n" 'BEGIN {printf "%.3f", c/n}')
       echo "$cpr" >>"$tmp/$s.cpr"
       extra="  redis commands/request $cpr"
     fi
-    printf 'round %d  %-13s %9.0f req/s  p99 %s%s\n' "$r" "$s" "$rate" "$p99" "$extra"
+    printf 'round %d  %-13s %9.0f req/s  p99 %s  ratio %s%s\n' "$r" "$s" "$rate" "$p99" \
+      "$(tail -n1 "$tmp/$s.ratios")" "$extra"
   done
 done
-bare=$(median <"$tmp/bare.rates")
-printf '\nmedian bare %.0f req/s\n' "$bare"
+printf '\nmedian bare %.0f req/s\n' "$(median <"$tmp/bare.rates")"
 for s in "${scenarios[@]}"; do
-  v=$(median <"$tmp/$s.rates")
   target=$(case $s in single) echo 0.90 ;; fleet-unique) echo 0.60 ;; fleet-repeat) echo 0.85 ;; esac)
   cpr=""
   [ -s "$tmp/$s.cpr" ] && cpr=", redis commands/request $(median <"$tmp/$s.cpr")"
-  printf '%-13s %9.0f req/s  ratio %s (target >= %s)%s\n' "$s" "$v" \
-    "$(awk -v v="$v" -v b="$bare" 'BEGIN {printf "%.3f", v/b}')" "$target" "$cpr"
+  printf '%-13s %9.0f req/s  median ratio %.3f (target >= %s)%s\n' "$s" \
+    "$(median <"$tmp/$s.rates")" "$(median <"$tmp/$s.ratios")" "$target" "$cpr"
 done

@@ -271,9 +271,11 @@ async fn accept_in_fleet(
             });
         }
     }
+    // fred's command futures are several KiB: boxed here, they are only built for a new
+    // endpoint instead of being carried (and copied) by every request's future.
     if let Some(endpoint) = endpoint
         && register_locally(&shared, &admission, &endpoint)
-        && let Err(e) = store.add_endpoint(window.start, &endpoint, expiry).await
+        && let Err(e) = Box::pin(store.add_endpoint(window.start, &endpoint, expiry)).await
     {
         log::debug!(
             "registering an endpoint for window {} failed: {e}",

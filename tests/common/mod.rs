@@ -766,8 +766,18 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SIGTERM, not SIGKILL: the master stops its workers; a killed master would leave
+        // them running (holding the test's stdout open).
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let stopped = wait_for(Duration::from_secs(5), || {
+            self.child.try_wait().ok().flatten()
+        });
+        if stopped.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
