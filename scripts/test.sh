@@ -8,13 +8,15 @@ cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 # Tools the tests call: `kill` (signals to the service), `date` (independent RFC 3339),
-# and the real servers of the fleet tests: Redis (also as a cluster) and nginx.
+# the real servers of the fleet tests: Redis (also as a cluster) and nginx, and a real
+# browser for the status page.
 need kill procps
 need date coreutils
 need redis-server redis-server
 need redis-cli redis-tools
 need nginx nginx-light
 need openssl openssl
+need chromium chromium
 if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy

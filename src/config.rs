@@ -23,6 +23,11 @@ pub struct Config {
     #[arg(long, env = "VERVE_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
+    /// Separate listener for /metrics, the status page and its JSON; unset serves them on
+    /// --listen.
+    #[arg(long, env = "VERVE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
     /// File the per-window counts (and callback attempts) are appended to.
     #[arg(long, env = "VERVE_LOG_FILE", default_value = "requests.log")]
     pub log_file: PathBuf,

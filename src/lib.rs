@@ -15,6 +15,7 @@
 //! * [`countlog`] — the `log` sink that puts count lines in a file and diagnostics on stderr.
 //! * [`config`] — flags and environment, checked at start-up.
 //! * [`metrics`] — counters exported at `/metrics`.
+//! * [`status`] — the status page at `/` and its JSON, with the recent windows.
 //!
 //! [`run`] wires them together on an already-bound listener, so tests and `main` start the
 //! same server.
@@ -25,6 +26,7 @@ pub mod countlog;
 pub mod http;
 pub mod metrics;
 pub mod report;
+pub mod status;
 pub mod store;
 pub mod window;
 
@@ -40,6 +42,7 @@ use tokio::time::Instant;
 
 use callback::Callbacks;
 use config::Config;
+use http::Routes;
 use metrics::Metrics;
 use store::Store;
 use window::{Clock, SystemClock, Windows};
@@ -55,6 +58,8 @@ pub struct Shared {
     pub store: Option<Store>,
     /// False once shutdown began: `/readyz` answers 503 so load balancers drain us.
     pub ready: AtomicBool,
+    /// Uptime and the recent windows, for the status page.
+    pub status: status::Status,
     /// Fleet work that outlives the call that started it (window deliveries, late reports,
     /// key expiries): owned here so shutdown waits for it, reaped as it finishes.
     background: parking_lot::Mutex<JoinSet<()>>,
@@ -78,6 +83,7 @@ impl Shared {
             callbacks,
             store,
             ready: AtomicBool::new(true),
+            status: status::Status::default(),
             background: parking_lot::Mutex::new(JoinSet::new()),
         }
     }
@@ -129,6 +135,7 @@ const STORE_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
     let clock = Arc::new(SystemClock {
@@ -150,9 +157,30 @@ pub async fn run(
     let reporter = tokio::spawn(report::run(Arc::clone(&shared), finishing));
     let reopener = tokio::spawn(reopen_count_log_on_sighup());
     let resyncer = tokio::spawn(report::fleet::resync_on_reconnect(Arc::clone(&shared)));
-    println!("verve listening on {} mode={mode}", listener.local_addr()?);
+    let admin_addr = match &admin {
+        Some(admin) => format!(" admin={}", admin.local_addr()?),
+        None => String::new(),
+    };
+    println!(
+        "verve listening on {} mode={mode}{admin_addr}",
+        listener.local_addr()?
+    );
 
-    http::serve(listener, Arc::clone(&shared), shutdown).await;
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    match admin {
+        Some(admin) => {
+            tokio::join!(
+                http::serve(
+                    listener,
+                    Routes::Public,
+                    Arc::clone(&shared),
+                    shutdown.clone()
+                ),
+                http::serve(admin, Routes::Admin, Arc::clone(&shared), shutdown),
+            );
+        }
+        None => http::serve(listener, Routes::All, Arc::clone(&shared), shutdown).await,
+    }
 
     let _ = finish.send(true);
     if let Err(e) = reporter.await {

@@ -28,6 +28,16 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let admin = match config.admin_listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(admin) => Some(admin),
+            Err(e) => {
+                eprintln!("verve: --admin-listen {addr}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let shutdown = match verve::shutdown_signal() {
         Ok(shutdown) => shutdown,
         Err(e) => {
@@ -35,7 +45,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match verve::run(config, listener, shutdown).await {
+    match verve::run(config, listener, admin, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("verve: {e}");

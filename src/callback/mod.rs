@@ -43,17 +43,70 @@ pub struct Delivery {
     /// RFC 3339 start of the window, also the `Idempotency-Key`.
     pub window_start: Arc<str>,
     pub body: Arc<str>,
-    /// Deliveries of the same window still queued or running; each delivery takes itself off
-    /// when dropped (done, given up, or refused by a full queue).
+    /// The window's deliveries; each delivery accounts for itself when dropped (delivered,
+    /// given up, or refused by a full queue).
     pub batch: Batch,
+    /// Set once an attempt got a 2xx.
+    delivered: bool,
 }
 
-/// A count of unfinished deliveries, shared by one window's deliveries.
-pub type Batch = Arc<AtomicUsize>;
+impl Delivery {
+    pub fn new(endpoint: Box<str>, window_start: Arc<str>, body: Arc<str>, batch: Batch) -> Self {
+        Self {
+            endpoint,
+            window_start,
+            body,
+            batch,
+            delivered: false,
+        }
+    }
+}
+
+/// One window's deliveries, shared by them and by whoever waits for or shows them.
+pub type Batch = Arc<BatchState>;
+
+/// How one window's deliveries stand.
+#[derive(Debug, Default)]
+pub struct BatchState {
+    pending: AtomicUsize,
+    delivered: AtomicUsize,
+    failed: AtomicUsize,
+}
+
+impl BatchState {
+    /// A batch of `deliveries`, all pending.
+    pub fn new(deliveries: usize) -> Batch {
+        Arc::new(Self {
+            pending: AtomicUsize::new(deliveries),
+            ..Self::default()
+        })
+    }
+
+    /// Deliveries still queued or running.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Deliveries answered 2xx.
+    pub fn delivered(&self) -> usize {
+        self.delivered.load(Ordering::Acquire)
+    }
+
+    /// Deliveries given up: no 2xx after the last attempt, blocked, dropped or abandoned.
+    pub fn failed(&self) -> usize {
+        self.failed.load(Ordering::Acquire)
+    }
+}
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        self.batch.fetch_sub(1, Ordering::AcqRel);
+        let outcome = if self.delivered {
+            &self.batch.delivered
+        } else {
+            &self.batch.failed
+        };
+        outcome.fetch_add(1, Ordering::AcqRel);
+        self.batch.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -167,13 +220,13 @@ impl Worker {
         loop {
             let next = self.receiver.lock().recv();
             match next {
-                Ok(delivery) => self.deliver(&delivery),
+                Ok(mut delivery) => self.deliver(&mut delivery),
                 Err(_) => return, // closed and drained
             }
         }
     }
 
-    fn deliver(&self, delivery: &Delivery) {
+    fn deliver(&self, delivery: &mut Delivery) {
         let shown = redact(&delivery.endpoint);
         for attempt in 1..=self.settings.attempts {
             if self.abandon.load(Ordering::Acquire) {
@@ -183,6 +236,7 @@ impl Worker {
             let retry = match outcome {
                 Outcome::Status(status) => {
                     let delivered = (200..300).contains(&status);
+                    delivery.delivered = delivered;
                     self.metrics.attempt(if delivered {
                         Attempt::Delivered
                     } else {

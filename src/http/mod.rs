@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -44,7 +44,12 @@ pub type Body = Full<Bytes>;
 
 /// Serves `listener` until `shutdown` resolves: then `/readyz` turns 503, the listener stays
 /// open for the shutdown delay, closes, and in-flight requests get the shutdown timeout.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    shared: Arc<Shared>,
+    shutdown: impl Future<Output = ()>,
+) {
     let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -77,6 +82,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
         let _ = stream.set_nodelay(true);
         let service = Service {
             shared: Arc::clone(&shared),
+            routes,
         };
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         let connection = graceful.watch(connection);
@@ -94,10 +100,28 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: impl Fu
     }
 }
 
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// Everything (no `--admin-listen`).
+    All,
+    /// The accept path and the probes; the admin routes are 404 here.
+    Public,
+    /// The admin routes (`/metrics`, `/`, `/api/verve/stats`) and the probes.
+    Admin,
+}
+
+/// The status page, its JSON and the metrics: what `--admin-listen` moves off `--listen`.
+const ADMIN_PATHS: [&str; 3] = ["/", STATS_PATH, "/metrics"];
+
+/// The status page's data.
+pub const STATS_PATH: &str = "/api/verve/stats";
+
 /// The per-connection service.
 #[derive(Clone)]
 struct Service {
     shared: Arc<Shared>,
+    routes: Routes,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Service {
@@ -110,10 +134,11 @@ impl hyper::service::Service<Request<Incoming>> for Service {
         if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > MAX_TARGET_LEN {
             return Answer::now(answer(&self.shared, Outcome::UriTooLong));
         }
-        if req.method() == Method::GET && uri.path() == ACCEPT_PATH {
+        if req.method() == Method::GET && uri.path() == ACCEPT_PATH && self.routes != Routes::Admin
+        {
             return accept(&self.shared, uri.query().unwrap_or(""));
         }
-        Answer::now(respond(&self.shared, &req))
+        Answer::now(respond(&self.shared, self.routes, &req))
     }
 }
 
@@ -144,12 +169,28 @@ impl Future for Answer {
 }
 
 /// Every route but a GET of the accept path (the target length is already checked).
-fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+fn respond(shared: &Shared, routes: Routes, req: &Request<Incoming>) -> Response<Body> {
     let uri = req.uri();
-    let is_get = req.method() == Method::GET;
-    match uri.path() {
-        "/healthz" if is_get => text(StatusCode::OK, Bytes::from_static(b"ok")),
-        "/readyz" if is_get => {
+    let path = uri.path();
+    let served = match routes {
+        Routes::All => true,
+        Routes::Public => !ADMIN_PATHS.contains(&path),
+        Routes::Admin => path != ACCEPT_PATH,
+    };
+    if !served {
+        return answer(shared, Outcome::NotFound);
+    }
+    if req.method() != Method::GET {
+        return match path {
+            ACCEPT_PATH | "/healthz" | "/readyz" | "/metrics" | "/" | STATS_PATH => {
+                answer(shared, Outcome::MethodNotAllowed)
+            }
+            _ => answer(shared, Outcome::NotFound),
+        };
+    }
+    match path {
+        "/healthz" => text(StatusCode::OK, Bytes::from_static(b"ok")),
+        "/readyz" => {
             if shared.is_ready() {
                 text(StatusCode::OK, Bytes::from_static(b"ok"))
             } else {
@@ -159,19 +200,23 @@ fn respond(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
                 )
             }
         }
-        "/metrics" if is_get => {
-            let mut response = text(StatusCode::OK, shared.render_metrics().into());
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            response
-        }
-        ACCEPT_PATH | "/healthz" | "/readyz" | "/metrics" => {
-            answer(shared, Outcome::MethodNotAllowed)
-        }
+        "/metrics" => typed(shared.render_metrics().into(), "text/plain; version=0.0.4"),
+        "/" => typed(
+            Bytes::from_static(crate::status::PAGE.as_bytes()),
+            "text/html; charset=utf-8",
+        ),
+        STATS_PATH => typed(crate::status::stats_json(shared).into(), "application/json"),
         _ => answer(shared, Outcome::NotFound),
     }
+}
+
+/// A 200 with `body` of `content_type`, never cached (it is live data).
+fn typed(body: Bytes, content_type: &'static str) -> Response<Body> {
+    let mut response = text(StatusCode::OK, body);
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// Counts the id (and registers the endpoint) of a valid query in its window. On a single

@@ -225,7 +225,7 @@ async fn deliver(shared: Arc<Shared>, start: i64, count: u64) {
         }
         let endpoints = endpoints.into_iter().take(max).map(Into::into).collect();
         let batch = send_callbacks(&shared, start, count, "fleet", endpoints);
-        while batch.load(Ordering::Acquire) > 0 {
+        while batch.pending() > 0 {
             tokio::time::sleep(LEASE / 3).await;
             let _ = store.lead(start, LEASE).await;
         }

@@ -9,7 +9,7 @@
 //! clock that steps (either way) is followed: windows are reported in order, each once.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -17,7 +17,7 @@ use tokio::sync::watch;
 pub mod fleet;
 
 use crate::Shared;
-use crate::callback::{Batch, Delivery};
+use crate::callback::{Batch, BatchState, Delivery};
 use crate::countlog;
 use crate::window::format_utc;
 
@@ -84,7 +84,7 @@ async fn report_oldest(shared: &Arc<Shared>, partial: bool) {
 }
 
 /// Writes a window's line to the count log.
-fn log_count(shared: &Shared, start: i64, count: u64, scope: &str, partial: bool) {
+fn log_count(shared: &Shared, start: i64, count: u64, scope: &'static str, partial: bool) {
     log::info!(target: countlog::TARGET,
         "unique_requests window_start={} window_secs={} unique_requests={count} scope={scope}{}",
         format_utc(start * 1000, false),
@@ -98,6 +98,7 @@ fn log_count(shared: &Shared, start: i64, count: u64, scope: &str, partial: bool
         .metrics
         .last_window_ids
         .store(count, Ordering::Relaxed);
+    shared.status.reported(start, count, scope, partial);
 }
 
 /// Queues one POST per endpoint with the window's final count. The returned batch reaches
@@ -111,15 +112,18 @@ fn send_callbacks(
 ) -> Batch {
     let window_start: Arc<str> = format_utc(start * 1000, false).into();
     let body: Arc<str> = callback_body(&window_start, shared.windows.secs(), count, scope).into();
-    let batch: Batch = Arc::new(AtomicUsize::new(endpoints.len()));
+    let batch = BatchState::new(endpoints.len());
+    if !endpoints.is_empty() {
+        shared.status.callbacks_sent(start, &batch);
+    }
     let mut dropped = 0usize;
     for endpoint in endpoints {
-        let delivery = Delivery {
+        let delivery = Delivery::new(
             endpoint,
-            window_start: Arc::clone(&window_start),
-            body: Arc::clone(&body),
-            batch: Arc::clone(&batch),
-        };
+            Arc::clone(&window_start),
+            Arc::clone(&body),
+            Arc::clone(&batch),
+        );
         if !shared.callbacks.submit(delivery) {
             dropped += 1;
         }

@@ -37,6 +37,8 @@ impl Drop for TempDir {
 /// A running `verve` process.
 pub struct Verve {
     pub addr: SocketAddr,
+    /// The `--admin-listen` address, when one was given.
+    pub admin: Option<SocketAddr>,
     pub log: PathBuf,
     child: Child,
     _dir: TempDir,
@@ -65,8 +67,12 @@ impl Verve {
             .split_whitespace()
             .find_map(|w| w.parse::<SocketAddr>().ok())
             .unwrap_or_else(|| panic!("no listen address in {line:?}"));
+        let admin = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("admin=")?.parse().ok());
         Self {
             addr,
+            admin,
             log,
             child,
             _dir: dir,
