@@ -2,7 +2,8 @@
 # The whole test suite, as CI runs it (.ci/run sets CI=true): installs what the tests need,
 # checks formatting and lints, then runs unit tests, the black-box tests against the real
 # binary (real callback receivers, Redis, Redis Cluster and nginx on loopback) and every
-# criterion benchmark once. Under CI=true a test whose server is missing fails.
+# criterion benchmark once, then builds the container image and tests it with podman. Under
+# CI=true a test whose server is missing fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -25,3 +26,4 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
 cargo test --all-targets
+bash scripts/container.sh test

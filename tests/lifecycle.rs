@@ -42,8 +42,17 @@ fn serves_health_readiness_metrics_and_404() {
 #[test]
 fn invalid_settings_stop_start_up_with_one_line_naming_the_flag() {
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 6] = [
+    // An address already taken, for --admin-listen.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().to_string();
+    let cases: [Case; 8] = [
         (&["--window-secs", "0"], &[], "--window-secs"),
+        (&["--admin-listen", "nowhere"], &[], "--admin-listen"),
+        (
+            &["--admin-listen", &taken, "--log-file", "/dev/null"],
+            &[],
+            "--admin-listen",
+        ),
         (
             &["--grace-ms", "5000", "--window-secs", "5"],
             &[],

@@ -244,3 +244,40 @@ fn status_page_draws_the_reported_windows_in_a_real_browser() {
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
     eprintln!("screenshot: {}", shot.display());
 }
+
+#[test]
+fn fleet_stats_show_redis_health_and_fleet_counts() {
+    let Some(mut redis) = common::Redis::start() else {
+        return;
+    };
+    let verve = Verve::start(&[
+        "--redis-url",
+        &redis.url(),
+        "--window-secs",
+        "2",
+        "--grace-ms",
+        "500",
+    ]);
+    let start = sleep_into_next_window(2, 100);
+    let mut conn = verve.connect();
+    for id in [10, 11, 12, 10] {
+        assert_eq!(conn.get(&format!("/api/verve/accept?id={id}")).status, 200);
+    }
+    verve.wait_window(start, Duration::from_secs(6));
+    let s = stats(&verve, verve.addr);
+    assert_eq!(s["mode"], "fleet");
+    assert_eq!(s["redis"]["connected"], true);
+    let w = window(&s, &rfc3339(start)).expect("window reported");
+    assert_eq!(
+        (&w["count"], &w["scope"], &w["partial"]),
+        (&3.into(), &"fleet".into(), &false.into())
+    );
+
+    redis.kill();
+    let down = wait_for(Duration::from_secs(5), || {
+        let s = stats(&verve, verve.addr);
+        (s["redis"]["connected"] == false).then_some(s)
+    })
+    .expect("stats show Redis down");
+    assert_eq!(down["ready"], false);
+}
