@@ -92,6 +92,23 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_ms: u64,
 
+    /// Open client connections at most; beyond it new connections wait in the kernel's
+    /// backlog until one closes.
+    #[arg(long, env = "VERVE_MAX_CONNECTIONS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// Requests waiting for Redis at most (fleet mode); beyond it 503 + Retry-After.
+    #[arg(long, env = "VERVE_MAX_INFLIGHT", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_inflight: u32,
+
+    /// Largest request head hyper reads, in bytes; at least 16384 so that verve itself
+    /// answers an over-long target with 414.
+    #[arg(long, env = "VERVE_MAX_HEADER_BYTES", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u32).range(16_384..=16_777_216))]
+    pub max_header_bytes: u32,
+
     /// Redis for fleet mode (`redis://` or `rediss://`, user and password allowed); unset
     /// runs a single node.
     #[arg(long, env = "VERVE_REDIS_URL")]

@@ -32,7 +32,7 @@ pub mod window;
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -60,6 +60,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// Uptime and the recent windows, for the status page.
     pub status: status::Status,
+    /// Requests waiting for the store (fleet mode), limited by `--max-inflight`.
+    pub waiting: AtomicUsize,
     /// Fleet work that outlives the call that started it (window deliveries, late reports,
     /// key expiries): owned here so shutdown waits for it, reaped as it finishes.
     background: parking_lot::Mutex<JoinSet<()>>,
@@ -84,6 +86,7 @@ impl Shared {
             store,
             ready: AtomicBool::new(true),
             status: status::Status::default(),
+            waiting: AtomicUsize::new(0),
             background: parking_lot::Mutex::new(JoinSet::new()),
         }
     }

@@ -140,6 +140,8 @@ pub struct Metrics {
     pub callbacks_dropped_queue: AtomicU64,
     /// Endpoints refused because a window already had the maximum.
     pub endpoints_dropped: AtomicU64,
+    /// Requests shed with 503 because `--max-inflight` requests were waiting for the store.
+    pub shed: AtomicU64,
     /// Distinct ids in the last reported window.
     pub last_window_ids: AtomicU64,
     /// Fleet mode: store round trips on the request path, by latency bucket (`LATENCY_BUCKETS`).
@@ -228,6 +230,13 @@ impl Metrics {
             "verve_callbacks_dropped_total",
             "Callback deliveries dropped because the pending queue was full.",
             load(&self.callbacks_dropped_queue),
+        );
+        scalar(
+            &mut out,
+            "counter",
+            "verve_requests_shed_total",
+            "Requests answered 503 because --max-inflight requests were waiting for Redis.",
+            load(&self.shed),
         );
         scalar(
             &mut out,

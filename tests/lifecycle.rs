@@ -45,8 +45,10 @@ fn invalid_settings_stop_start_up_with_one_line_naming_the_flag() {
     // An address already taken, for --admin-listen.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = held.local_addr().unwrap().to_string();
-    let cases: [Case; 8] = [
+    let cases: [Case; 10] = [
         (&["--window-secs", "0"], &[], "--window-secs"),
+        (&["--max-header-bytes", "8192"], &[], "--max-header-bytes"),
+        (&[], &[("VERVE_MAX_CONNECTIONS", "0")], "--max-connections"),
         (&["--admin-listen", "nowhere"], &[], "--admin-listen"),
         (
             &["--admin-listen", &taken, "--log-file", "/dev/null"],

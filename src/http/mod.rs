@@ -22,6 +22,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::Shared;
 use crate::metrics::Outcome;
@@ -33,10 +34,6 @@ pub const ACCEPT_PATH: &str = "/api/verve/accept";
 
 /// Longest request target answered by the service; longer gets 414.
 pub const MAX_TARGET_LEN: usize = 8 * 1024;
-
-/// hyper's read buffer, and so its head limit: well above [`MAX_TARGET_LEN`] so that the
-/// service, not hyper, answers an over-long target.
-const MAX_BUF: usize = 64 * 1024;
 
 const TEXT_PLAIN: HeaderValue = HeaderValue::from_static("text/plain");
 
@@ -57,7 +54,9 @@ pub async fn serve(
         .header_read_timeout(Duration::from_millis(
             shared.settings.header_read_timeout_ms,
         ))
-        .max_buf_size(MAX_BUF)
+        // hyper's read buffer, and so its head limit: at least 16 KiB (the flag's floor),
+        // well above MAX_TARGET_LEN, so that the service answers an over-long target.
+        .max_buf_size(shared.settings.max_header_bytes as usize)
         .keep_alive(true);
     let draining = async {
         shutdown.await;
@@ -65,7 +64,18 @@ pub async fn serve(
         tokio::time::sleep(Duration::from_millis(shared.settings.shutdown_delay_ms)).await;
     };
     tokio::pin!(draining);
+    // One permit per open connection: at the limit the loop stops accepting, and new
+    // connections wait in the kernel's backlog.
+    let connections = Arc::new(Semaphore::new(shared.settings.max_connections as usize));
     loop {
+        let permit = tokio::select! {
+            biased;
+            _ = &mut draining => break,
+            permit = Arc::clone(&connections).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         let stream = tokio::select! {
             biased;
             _ = &mut draining => break,
@@ -88,6 +98,7 @@ pub async fn serve(
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _ = connection.await;
+            drop(permit);
         });
     }
     drop(listener);
@@ -246,13 +257,41 @@ fn accept(shared: &Arc<Shared>, query: &str) -> Answer {
     if endpoint_known && window.contains(query.id) {
         return Answer::now(answer(shared, Outcome::Ok));
     }
+    let Some(waiting) = Waiting::enter(shared) else {
+        return Answer::now(answer(shared, Outcome::Unavailable));
+    };
     let endpoint = query.endpoint.map(std::borrow::Cow::into_owned);
     Answer::Later(Box::pin(accept_in_fleet(
+        waiting,
         Arc::clone(shared),
         admission,
         query.id,
         endpoint,
     )))
+}
+
+/// A request's place among those waiting for the store (at most `--max-inflight`), held
+/// until it is answered.
+struct Waiting(Arc<Shared>);
+
+impl Waiting {
+    /// A place, or `None` when all are taken (the request is shed with 503).
+    fn enter(shared: &Arc<Shared>) -> Option<Self> {
+        let max = shared.settings.max_inflight as usize;
+        let taken = shared.waiting.fetch_add(1, Ordering::AcqRel);
+        if taken >= max {
+            shared.waiting.fetch_sub(1, Ordering::AcqRel);
+            shared.metrics.shed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Self(Arc::clone(shared)))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Registers an endpoint in the local window (bounded); true when newly added.
@@ -286,6 +325,7 @@ fn register_locally(shared: &Shared, admission: &Admission, endpoint: &str) -> b
 /// `SADD`, shared by concurrent requests for the same id) and registers a new endpoint
 /// fleet-wide. Any store failure answers 503: the outcome is unknown, a retry is safe.
 async fn accept_in_fleet(
+    _waiting: Waiting,
     shared: Arc<Shared>,
     admission: Admission,
     id: i64,

@@ -1,0 +1,180 @@
+//! Connection and request limits under hostile clients, all on loopback and bounded: the
+//! connection cap, slowloris heads, idle keep-alive connections, many idle connections, and
+//! the in-flight cap in fleet mode while Redis stalls.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{Conn, Redis, Verve, wait_for};
+
+/// Whether the server closed `stream` (EOF) within `timeout`.
+fn closed_within(stream: &mut TcpStream, timeout: Duration) -> bool {
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn connection_cap_holds_new_connections_until_one_closes() {
+    let verve = Verve::start(&["--max-connections", "4"]);
+    let mut held: Vec<Conn> = (0..4).map(|_| verve.connect()).collect();
+    for conn in &mut held {
+        assert_eq!(conn.get("/healthz").status, 200);
+    }
+    // The fifth connects (kernel backlog) but is not served while four are open.
+    let mut fifth = TcpStream::connect(verve.addr).unwrap();
+    fifth
+        .write_all(b"GET /api/verve/accept?id=5 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    fifth
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    assert!(fifth.read(&mut buf).is_err(), "served beyond the cap");
+
+    drop(held.pop());
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let n = fifth
+        .read(&mut buf)
+        .expect("served once a connection closed");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+}
+
+#[test]
+fn slowloris_and_idle_connections_are_cut_at_the_header_read_timeout() {
+    let verve = Verve::start(&["--header-read-timeout-ms", "600"]);
+
+    // A head dripped one byte every 100 ms never completes in time.
+    let mut drip = TcpStream::connect(verve.addr).unwrap();
+    let started = Instant::now();
+    let dripping = thread::spawn(move || {
+        for b in b"GET /api/verve/accept?id=1 HTTP/1.1\r\nHost: x\r\nX-Slow: "
+            .iter()
+            .cycle()
+        {
+            if drip.write_all(&[*b]).is_err() || started.elapsed() > Duration::from_secs(5) {
+                return started.elapsed();
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        unreachable!()
+    });
+
+    // An idle keep-alive connection is closed too (hyper arms the same timer while it waits
+    // for the next request head).
+    let mut idle = verve.connect();
+    assert_eq!(idle.get("/healthz").status, 200);
+    let mut idle_raw = TcpStream::connect(verve.addr).unwrap();
+    assert!(
+        closed_within(&mut idle_raw, Duration::from_secs(3)),
+        "idle connection kept"
+    );
+
+    // Meanwhile others are served normally.
+    let mut busy = verve.connect();
+    for id in 0..50 {
+        assert_eq!(busy.get(&format!("/api/verve/accept?id={id}")).status, 200);
+    }
+    let cut_after = dripping.join().unwrap();
+    assert!(
+        cut_after < Duration::from_secs(3),
+        "the dripping client was cut after {cut_after:?}"
+    );
+    thread::sleep(Duration::from_millis(800));
+    assert!(
+        idle.try_request("GET", "/healthz").is_err(),
+        "an idle keep-alive connection outlived the timeout"
+    );
+}
+
+#[test]
+fn many_idle_connections_do_not_slow_the_accept_path() {
+    let verve = Verve::start(&[]);
+    // 400 idle connections (within a default 1024-descriptor limit on both ends).
+    let idle: Vec<TcpStream> = (0..400)
+        .map(|_| TcpStream::connect(verve.addr).unwrap())
+        .collect();
+    let mut conn = verve.connect();
+    let started = Instant::now();
+    for id in 0..200 {
+        assert_eq!(conn.get(&format!("/api/verve/accept?id={id}")).status, 200);
+    }
+    // Correctness, not timing: all answered; the window holds exactly these ids.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(verve.metric("verve_requests_total{status=\"200\"}"), 200);
+    drop(idle);
+}
+
+#[test]
+fn in_flight_cap_sheds_with_503_while_redis_stalls_and_recovers_at_once() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let verve = Verve::start(&[
+        "--redis-url",
+        &redis.url(),
+        "--redis-timeout-ms",
+        "3000",
+        "--grace-ms",
+        "4000",
+        "--window-secs",
+        "10",
+        "--max-inflight",
+        "4",
+    ]);
+    let mut warm = verve.connect();
+    assert_eq!(warm.get("/api/verve/accept?id=1").status, 200);
+
+    // Redis stalls for 1.5 s (CLIENT PAUSE); 12 new ids arrive on 12 connections meanwhile.
+    let paused = redis.cli(&["CLIENT", "PAUSE", "1500", "ALL"]);
+    assert!(paused.contains("OK"), "{paused}");
+    let addr = verve.addr;
+    let senders: Vec<_> = (100..112)
+        .map(|id| {
+            thread::spawn(move || {
+                let mut conn = Conn::connect(addr);
+                let sent = Instant::now();
+                let reply = conn.get(&format!("/api/verve/accept?id={id}"));
+                let retry = reply.header("retry-after").map(str::to_string);
+                (reply.status, retry, sent.elapsed())
+            })
+        })
+        .collect();
+    let answers: Vec<_> = senders.into_iter().map(|s| s.join().unwrap()).collect();
+    let ok: Vec<_> = answers.iter().filter(|a| a.0 == 200).collect();
+    let shed: Vec<_> = answers.iter().filter(|a| a.0 == 503).collect();
+    assert_eq!(ok.len() + shed.len(), 12, "{answers:?}");
+    assert_eq!(ok.len(), 4, "exactly 4 waited for Redis: {answers:?}");
+    assert!(
+        ok.iter().all(|a| a.2 >= Duration::from_millis(800)),
+        "the admitted ones waited out the stall: {answers:?}"
+    );
+    assert!(
+        shed.iter()
+            .all(|a| a.1.as_deref() == Some("1") && a.2 < Duration::from_millis(500)),
+        "503 at once, with Retry-After: {answers:?}"
+    );
+    let shed = shed.len();
+    assert_eq!(verve.metric("verve_requests_shed_total"), shed as u64);
+
+    // Redis answers again: the shed ids are accepted at once.
+    let recovered = wait_for(Duration::from_secs(3), || {
+        (warm.get("/api/verve/accept?id=100").status == 200).then_some(())
+    });
+    assert!(recovered.is_some());
+    for id in 101..112 {
+        assert_eq!(warm.get(&format!("/api/verve/accept?id={id}")).status, 200);
+    }
+}
