@@ -13,6 +13,7 @@ use ipnet::IpNet;
 
 use crate::callback;
 use crate::callback::guard::Guard;
+use crate::callback::sign::Signer;
 use crate::store;
 
 /// Counts distinct ids per wall-clock window; see README.md.
@@ -78,6 +79,11 @@ pub struct Config {
     /// Delay before the first retry; doubles with each further attempt.
     #[arg(long, env = "VERVE_CALLBACK_BACKOFF_MS", default_value_t = 250)]
     pub callback_backoff_ms: u64,
+
+    /// Signs every callback (Standard Webhooks: HMAC-SHA256); `whsec_<base64>` or raw text.
+    /// Prefer the environment variable: flags show in process listings.
+    #[arg(long, env = "VERVE_CALLBACK_SECRET", hide_env_values = true)]
+    pub callback_secret: Option<String>,
 
     /// After SIGTERM, how long /readyz answers 503 before the listener closes.
     #[arg(long, env = "VERVE_SHUTDOWN_DELAY_MS", default_value_t = 0)]
@@ -204,6 +210,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        // Checked here rather than by clap, whose message would repeat the secret.
+        if let Some(secret) = &self.callback_secret
+            && let Err(why) = Signer::new(secret)
+        {
+            return Err(format!("--callback-secret: {why}"));
+        }
         let window_ms = u64::from(self.window_secs) * 1000;
         if self.grace_ms >= window_ms {
             return Err(format!(
@@ -265,6 +277,11 @@ impl Config {
             timeout: Duration::from_millis(self.callback_timeout_ms),
             attempts: self.callback_attempts,
             backoff: Duration::from_millis(self.callback_backoff_ms),
+            // Validated at load: a secret that made it here makes a key.
+            signer: self
+                .callback_secret
+                .as_deref()
+                .and_then(|secret| Signer::new(secret).ok()),
         }
     }
 }

@@ -292,3 +292,110 @@ fn ssrf_tricks_are_blocked() {
 fn thread_sleep_past_retries() {
     std::thread::sleep(Duration::from_millis(800));
 }
+
+/// HMAC-SHA256 of `message` under `key`, base64, computed by `openssl` (not verve's code).
+fn openssl_hmac(key: &str, message: &str) -> String {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut hmac = Command::new("sh")
+        .args([
+            "-c",
+            &format!("openssl dgst -sha256 -hmac '{key}' -binary | openssl base64 -A"),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run openssl");
+    hmac.stdin
+        .take()
+        .unwrap()
+        .write_all(message.as_bytes())
+        .unwrap();
+    let out = hmac.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn callback_secret_signs_every_post_with_standard_webhooks_headers() {
+    if !common::have("openssl") {
+        return;
+    }
+    let receiver = Receiver::start();
+    let secret = "correct horse battery staple";
+    let verve = Verve::start_with_env(
+        &[
+            "--window-secs",
+            "1",
+            "--grace-ms",
+            "200",
+            "--callback-allow",
+            "127.0.0.0/8",
+            "--callback-backoff-ms",
+            "50",
+        ],
+        &[("VERVE_CALLBACK_SECRET", secret)],
+    );
+    let window = sleep_into_next_window(1, 100);
+    for (id, path) in [(1, "/signed"), (2, "/fail-signed")] {
+        let target = encode(&receiver.url(path));
+        assert_eq!(
+            verve
+                .get(&format!("/api/verve/accept?id={id}&endpoint={target}"))
+                .status,
+            200
+        );
+    }
+    verve.wait_window(window, Duration::from_secs(5));
+    let got = wait_for(Duration::from_secs(5), || {
+        let got = receiver.received();
+        (got.len() >= 4).then_some(got)
+    })
+    .unwrap_or_else(|| panic!("posts missing: {:?}", receiver.received()));
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for post in &got {
+        let id = post.header("webhook-id").expect("webhook-id");
+        let timestamp = post.header("webhook-timestamp").expect("webhook-timestamp");
+        let signature = post.header("webhook-signature").expect("webhook-signature");
+        assert_eq!(id, rfc3339(window), "the message id is the window");
+        let ts: u64 = timestamp.parse().unwrap();
+        assert!(
+            ts + 10 >= before && ts <= before + 1,
+            "fresh timestamp {ts}"
+        );
+        let expected = openssl_hmac(secret, &format!("{id}.{timestamp}.{}", post.body));
+        assert_eq!(signature, format!("v1,{expected}"), "{post:?}");
+    }
+    // Retries of the failing endpoint are signed afresh (same id).
+    assert!(got.iter().filter(|p| p.path == "/fail-signed").count() >= 3);
+}
+
+#[test]
+fn without_a_secret_posts_carry_no_signature() {
+    let receiver = Receiver::start();
+    let verve = Verve::start(&[
+        "--window-secs",
+        "1",
+        "--grace-ms",
+        "200",
+        "--callback-allow",
+        "127.0.0.0/8",
+    ]);
+    let window = sleep_into_next_window(1, 100);
+    let target = encode(&receiver.url("/plain"));
+    assert_eq!(
+        verve
+            .get(&format!("/api/verve/accept?id=1&endpoint={target}"))
+            .status,
+        200
+    );
+    verve.wait_window(window, Duration::from_secs(5));
+    let got = wait_for(Duration::from_secs(5), || {
+        receiver.received().into_iter().next()
+    })
+    .expect("the POST");
+    assert!(got.header("webhook-signature").is_none());
+    assert!(got.header("webhook-id").is_none());
+}

@@ -45,8 +45,13 @@ fn invalid_settings_stop_start_up_with_one_line_naming_the_flag() {
     // An address already taken, for --admin-listen.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = held.local_addr().unwrap().to_string();
-    let cases: [Case; 10] = [
+    let cases: [Case; 11] = [
         (&["--window-secs", "0"], &[], "--window-secs"),
+        (
+            &[],
+            &[("VERVE_CALLBACK_SECRET", "whsec_not*base64")],
+            "--callback-secret",
+        ),
         (&["--max-header-bytes", "8192"], &[], "--max-header-bytes"),
         (&[], &[("VERVE_MAX_CONNECTIONS", "0")], "--max-connections"),
         (&["--admin-listen", "nowhere"], &[], "--admin-listen"),
@@ -84,6 +89,10 @@ fn invalid_settings_stop_start_up_with_one_line_naming_the_flag() {
         assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(stderr.contains(flag), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("not*base64"),
+            "a secret was echoed: {stderr}"
+        );
     }
 }
 

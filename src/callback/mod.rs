@@ -7,6 +7,7 @@
 //! ([`guard`]) sits in the client's resolver; redirects are never followed.
 
 pub mod guard;
+pub mod sign;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -34,6 +35,8 @@ pub struct Settings {
     pub attempts: u32,
     /// First retry delay; doubles per attempt.
     pub backoff: Duration,
+    /// Signs each POST (Standard Webhooks headers) when `--callback-secret` is set.
+    pub signer: Option<sign::Signer>,
 }
 
 /// One POST to make.
@@ -263,12 +266,27 @@ impl Worker {
     }
 
     fn attempt(&self, delivery: &Delivery) -> Outcome {
-        let sent = self
+        let mut request = self
             .agent
             .post(&*delivery.endpoint)
             .header("Content-Type", "application/json")
-            .header("Idempotency-Key", &*delivery.window_start)
-            .send(delivery.body.as_bytes());
+            .header("Idempotency-Key", &*delivery.window_start);
+        if let Some(signer) = &self.settings.signer {
+            // The window start identifies the message: the same on every attempt and, in a
+            // fleet, on a new leader's repeat, so receivers can drop duplicates.
+            let id = &*delivery.window_start;
+            let timestamp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            request = request
+                .header("webhook-id", id)
+                .header("webhook-timestamp", timestamp.to_string())
+                .header(
+                    "webhook-signature",
+                    signer.signature(id, timestamp, &delivery.body),
+                );
+        }
+        let sent = request.send(delivery.body.as_bytes());
         match sent {
             // The body is not read: a receiver cannot make us buffer a large answer.
             Ok(response) => Outcome::Status(response.status().as_u16()),

@@ -47,12 +47,18 @@ pub struct Verve {
 impl Verve {
     /// Starts verve on 127.0.0.1:0 with its own count log, plus `args`.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Like [`Verve::start`], with extra environment variables (secrets belong there).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = TempDir::new("verve");
         let log = dir.0.join("requests.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_verve"))
             .args(["--listen", "127.0.0.1:0", "--log-file"])
             .arg(&log)
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
