@@ -12,7 +12,7 @@ use clap::Parser;
 use ipnet::IpNet;
 
 use crate::callback;
-use crate::callback::guard::Guard;
+use crate::callback::guard::{Guard, HostList};
 use crate::callback::sign::Signer;
 use crate::store;
 
@@ -45,6 +45,11 @@ pub struct Config {
     /// Comma-separated CIDRs callbacks may reach although not public (e.g. 127.0.0.0/8).
     #[arg(long, env = "VERVE_CALLBACK_ALLOW", default_value = "")]
     pub callback_allow: CidrList,
+
+    /// Host names callbacks may go to, comma-separated; `*.example.com` allows any name
+    /// under example.com. Unset: any host the address guard permits.
+    #[arg(long, env = "VERVE_CALLBACK_HOSTS", default_value = "")]
+    pub callback_hosts: HostList,
 
     /// Distinct callback endpoints kept per window; more are dropped and counted.
     #[arg(long, env = "VERVE_CALLBACK_MAX_ENDPOINTS", default_value_t = 1000,
@@ -277,6 +282,7 @@ impl Config {
             timeout: Duration::from_millis(self.callback_timeout_ms),
             attempts: self.callback_attempts,
             backoff: Duration::from_millis(self.callback_backoff_ms),
+            hosts: self.callback_hosts.clone(),
             // Validated at load: a secret that made it here makes a key.
             signer: self
                 .callback_secret

@@ -142,6 +142,8 @@ pub struct Metrics {
     pub endpoints_dropped: AtomicU64,
     /// Requests shed with 503 because `--max-inflight` requests were waiting for the store.
     pub shed: AtomicU64,
+    /// Endpoints not registered because their host is not in `--callback-hosts`.
+    pub endpoints_refused: AtomicU64,
     /// Distinct ids in the last reported window.
     pub last_window_ids: AtomicU64,
     /// Fleet mode: store round trips on the request path, by latency bucket (`LATENCY_BUCKETS`).
@@ -230,6 +232,13 @@ impl Metrics {
             "verve_callbacks_dropped_total",
             "Callback deliveries dropped because the pending queue was full.",
             load(&self.callbacks_dropped_queue),
+        );
+        scalar(
+            &mut out,
+            "counter",
+            "verve_endpoints_refused_total",
+            "Endpoints not registered because their host is not in --callback-hosts.",
+            load(&self.endpoints_refused),
         );
         scalar(
             &mut out,

@@ -399,3 +399,40 @@ fn without_a_secret_posts_carry_no_signature() {
     assert!(got.header("webhook-signature").is_none());
     assert!(got.header("webhook-id").is_none());
 }
+
+#[test]
+fn callback_hosts_limits_where_callbacks_go() {
+    let receiver = Receiver::start();
+    let verve = Verve::start(&[
+        "--window-secs",
+        "1",
+        "--grace-ms",
+        "200",
+        "--callback-allow",
+        "127.0.0.0/8",
+        "--callback-hosts",
+        "localhost,*.example.invalid",
+    ]);
+    let port = receiver.addr.port();
+    let window = sleep_into_next_window(1, 100);
+    let listed = format!("http://localhost:{port}/listed");
+    let unlisted = format!("http://127.0.0.1:{port}/unlisted");
+    for (id, target) in [(1, &listed), (2, &unlisted)] {
+        let reply = verve.get(&format!(
+            "/api/verve/accept?id={id}&endpoint={}",
+            encode(target)
+        ));
+        assert_eq!(reply.status, 200, "the id counts either way");
+    }
+    let line = verve.wait_window(window, Duration::from_secs(5));
+    assert_eq!(line.count(), 2);
+    let got = wait_for(Duration::from_secs(5), || {
+        receiver.received().into_iter().next()
+    })
+    .expect("the listed host's POST");
+    assert_eq!(got.path, "/listed");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(receiver.received().len(), 1, "{:?}", receiver.received());
+    assert!(callback_lines(&verve, "/unlisted").is_empty());
+    assert_eq!(verve.metric("verve_endpoints_refused_total"), 1);
+}

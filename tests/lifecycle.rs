@@ -45,8 +45,13 @@ fn invalid_settings_stop_start_up_with_one_line_naming_the_flag() {
     // An address already taken, for --admin-listen.
     let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken = held.local_addr().unwrap().to_string();
-    let cases: [Case; 11] = [
+    let cases: [Case; 12] = [
         (&["--window-secs", "0"], &[], "--window-secs"),
+        (
+            &["--callback-hosts", "a.com,x.*.com"],
+            &[],
+            "--callback-hosts",
+        ),
         (
             &[],
             &[("VERVE_CALLBACK_SECRET", "whsec_not*base64")],

@@ -37,6 +37,8 @@ pub struct Settings {
     pub backoff: Duration,
     /// Signs each POST (Standard Webhooks headers) when `--callback-secret` is set.
     pub signer: Option<sign::Signer>,
+    /// `--callback-hosts`; checked again here, for endpoints registered fleet-wide.
+    pub hosts: guard::HostList,
 }
 
 /// One POST to make.
@@ -266,6 +268,9 @@ impl Worker {
     }
 
     fn attempt(&self, delivery: &Delivery) -> Outcome {
+        if !self.settings.hosts.permits_url(&delivery.endpoint) {
+            return Outcome::Failed(Attempt::Blocked, "blocked");
+        }
         let mut request = self
             .agent
             .post(&*delivery.endpoint)

@@ -241,6 +241,23 @@ fn accept(shared: &Arc<Shared>, query: &str) -> Answer {
             return Answer::now(answer(shared, Outcome::BadRequest));
         }
     };
+    let query = if query
+        .endpoint
+        .as_deref()
+        .is_some_and(|e| !shared.settings.callback_hosts.permits_url(e))
+    {
+        // Not a host callbacks may go to: the id counts, the endpoint is not registered.
+        shared
+            .metrics
+            .endpoints_refused
+            .fetch_add(1, Ordering::Relaxed);
+        query::Query {
+            endpoint: None,
+            ..query
+        }
+    } else {
+        query
+    };
     let admission = shared.windows.admit(shared.clock.now_ms());
     let window = admission.window();
     if shared.store.is_none() {
