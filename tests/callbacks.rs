@@ -436,3 +436,40 @@ fn callback_hosts_limits_where_callbacks_go() {
     assert!(callback_lines(&verve, "/unlisted").is_empty());
     assert_eq!(verve.metric("verve_endpoints_refused_total"), 1);
 }
+
+/// A receiver answering with a 1 GiB body: the delivery counts as done on the status line and
+/// verve reads (almost) nothing of the body; the connection is dropped.
+#[test]
+fn huge_response_bodies_are_not_read() {
+    let receiver = Receiver::start();
+    let verve = Verve::start(&[
+        "--window-secs",
+        "1",
+        "--grace-ms",
+        "200",
+        "--callback-allow",
+        "127.0.0.0/8",
+    ]);
+    let window = sleep_into_next_window(1, 100);
+    let target = encode(&receiver.url("/huge"));
+    assert_eq!(
+        verve
+            .get(&format!("/api/verve/accept?id=1&endpoint={target}"))
+            .status,
+        200
+    );
+    verve.wait_window(window, Duration::from_secs(5));
+    let attempt = wait_for(Duration::from_secs(5), || {
+        callback_lines(&verve, "/huge").into_iter().next()
+    })
+    .expect("the attempt is logged");
+    assert_eq!(attempt.get("status"), "200", "{}", attempt.raw);
+    let sent = wait_for(Duration::from_secs(10), || {
+        receiver.received().into_iter().find(|r| r.method == "SENT")
+    })
+    .expect("the receiver saw the client go away");
+    let sent: usize = sent.header("x-sent").unwrap().parse().unwrap();
+    // Socket buffers take a few MiB at most; the body was not read.
+    assert!(sent < 32 << 20, "verve took {sent} bytes of the body");
+    assert_eq!(callback_lines(&verve, "/huge").len(), 1, "not retried");
+}

@@ -371,7 +371,8 @@ impl Received {
 
 /// A real HTTP server on loopback recording every request. What it answers depends on the
 /// path: `/fail…` 500, `/hang…` nothing for 10 s, `/slow…` 200 after 3 s, `/redirect…` 302
-/// to `/landing`, else 200.
+/// to `/landing`, `/huge…` 200 with a 1 GiB body (then a `SENT` entry with `x-sent`: the
+/// bytes the client took), else 200.
 pub struct Receiver {
     pub addr: SocketAddr,
     got: Arc<Mutex<Vec<Received>>>,
@@ -447,6 +448,23 @@ fn serve_receiver(stream: TcpStream, sink: &Mutex<Vec<Received>>) {
         } else if path.starts_with("/slow") {
             thread::sleep(Duration::from_secs(3));
             "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_string()
+        } else if path.starts_with("/huge") {
+            // A 1 GiB body, written until the client goes away; how much it took is
+            // recorded as a `x-sent` header on a synthetic entry.
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1073741824\r\n\r\n");
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0usize;
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+            while sent < 1 << 30 && stream.write_all(&chunk).is_ok() {
+                sent += chunk.len();
+            }
+            sink.lock().unwrap().push(Received {
+                method: "SENT".into(),
+                path,
+                headers: vec![("x-sent".into(), sent.to_string())],
+                body: String::new(),
+            });
+            return;
         } else if path.starts_with("/redirect") {
             "HTTP/1.1 302 Found\r\nlocation: /landing\r\ncontent-length: 0\r\n\r\n".to_string()
         } else {
