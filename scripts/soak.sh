@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Soak: a single node under paced load for MINUTES (default 10) at about half the maximum
 # rate measured here, with duplicates and callback endpoints (to a receiver on loopback).
-# Prints throughput, wrk's latency percentiles, callbacks received, and RSS sampled 30 s into
-# a window after one warm-up window and again 30 s into the last full window (goal: growth
-# under 5 %). Loopback only; stops by itself. Not part of CI.
+# Prints throughput, wrk's latency percentiles, callbacks received, and RSS per window (its
+# peak and its value 30 s in, sampled every 2 s); growth compares the peak of the first window
+# after two warm-up windows with the last complete window's (goal under 5 %). Loopback only;
+# stops by itself. Not part of CI.
 # Usage: scripts/soak.sh [MINUTES] [CONNECTIONS]   (connections x ~1000 req/s each)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,8 +37,6 @@ start_server pid addr "$tmp/verve.out" target/release/verve --listen 127.0.0.1:0
 pids+=("$pid")
 
 rss() { awk '/^VmRSS:/ {print $2}' "/proc/$pid/status"; }
-# Seconds until 30 s into the next minute.
-until_mid() { local s; s=$(date +%S); s=${s#0}; echo $(( (90 - s) % 60 )); }
 
 secs=$(( minutes * 60 ))
 echo "soak: ${minutes} min, wrk -t2 -c$conns (paced ~1 req/ms per connection), verve=$addr"
@@ -45,19 +44,15 @@ SOAK_HOOK_PORT=$hook_port wrk -t2 -c"$conns" -d"${secs}s" --latency -s scripts/w
   "http://$addr/api/verve/accept" >"$tmp/wrk.out" 2>&1 &
 wrk_pid=$!
 pids+=("$wrk_pid")
-started=$(date +%s)
 
-# After one warm-up window: 30 s into the second full minute.
-sleep $(( $(until_mid) + 60 ))
-first=$(rss); first_at=$(( $(date +%s) - started ))
-last=$first; last_at=$first_at
-while :; do
-  wait_s=$(until_mid); [ "$wait_s" -eq 0 ] && wait_s=60
-  [ $(( $(date +%s) + wait_s - started )) -lt "$secs" ] || break
-  sleep "$wait_s"
-  last=$(rss); last_at=$(( $(date +%s) - started ))
-  echo "  t=${last_at}s RSS $(( last / 1024 )) MiB"
-done
+# RSS every 2 s, grouped by wall-clock minute (= window): each window's peak and its value
+# 30 s in. The first two windows are warm-up (the next window is presized from the last).
+while kill -0 "$wrk_pid" 2>/dev/null; do
+  echo "$(date +%s) $(rss)" >>"$tmp/rss"
+  sleep 2
+done &
+sampler=$!
+pids+=("$sampler")
 wait "$wrk_pid" || true
 
 grep -q "Non-2xx" "$tmp/wrk.out" && { echo "non-2xx answers:"; cat "$tmp/wrk.out"; exit 1; }
@@ -67,5 +62,13 @@ windows=$(grep -c ' unique_requests ' "$tmp/requests.log" || true)
 posts=$(wc -l <"$tmp/posts" 2>/dev/null || echo 0)
 printf 'throughput %.0f req/s over %d s; latency %s\n' "$rate" "$secs" "$lat"
 echo "windows reported $windows; callbacks received $posts"
-awk -v a="$first" -v b="$last" -v ta="$first_at" -v tb="$last_at" \
-  'BEGIN {printf "RSS %.1f MiB at t=%ds -> %.1f MiB at t=%ds: growth %+.1f%% (goal < 5%%)\n", a/1024, ta, b/1024, tb, (b-a)*100/a}'
+wait "$sampler" 2>/dev/null || true
+# Complete windows only (drop the first partial minute and the last one).
+awk '{ w = int($1 / 60); if (!(w in peak) || $2 > peak[w]) peak[w] = $2;
+       if ($1 % 60 >= 30 && !(w in mid)) mid[w] = $2; if (!first || w < first) first = w; if (w > last) last = w }
+     END { n = 0
+       for (w = first + 1; w < last; w++) if (w in peak) { n++; p[n] = peak[w]; m[n] = mid[w] }
+       printf "RSS per window (peak / at :30, MiB):"
+       for (i = 1; i <= n; i++) printf " %.0f/%.0f", p[i] / 1024, m[i] / 1024
+       printf "\n"
+       if (n >= 4) printf "peak RSS after two warm-up windows %.1f MiB -> last window %.1f MiB: growth %+.1f%% (goal < 5%%)\n", p[3] / 1024, p[n] / 1024, (p[n] - p[3]) * 100 / p[3] }' "$tmp/rss"
