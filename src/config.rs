@@ -161,16 +161,26 @@ pub struct CidrList(pub Vec<IpNet>);
 impl FromStr for CidrList {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        s.split(',')
-            .map(str::trim)
-            .filter(|part| !part.is_empty())
-            .map(|part| {
-                part.parse::<IpNet>()
-                    .map_err(|_| format!("'{part}' is not a CIDR such as 127.0.0.0/8"))
-            })
-            .collect::<Result<_, _>>()
-            .map(CidrList)
+        comma_separated(s, |part| {
+            part.parse::<IpNet>()
+                .map_err(|_| format!("'{part}' is not a CIDR such as 127.0.0.0/8"))
+        })
+        .map(CidrList)
     }
+}
+
+/// The items of a comma-separated flag value (blanks around items and empty items ignored),
+/// each parsed by `item`; the first failure is the error.
+pub(crate) fn comma_separated<T>(
+    value: &str,
+    item: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(item)
+        .collect()
 }
 
 /// Why start-up stops: print the message, exit with the code.

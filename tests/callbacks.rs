@@ -30,6 +30,30 @@ fn attempts(lines: &[Line]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Verve with one-second windows whose callbacks may reach loopback, plus `extra` flags and
+/// environment.
+fn verve_calling_loopback(extra: &[&str], env: &[(&str, &str)]) -> Verve {
+    let mut args = vec![
+        "--window-secs",
+        "1",
+        "--grace-ms",
+        "200",
+        "--callback-allow",
+        "127.0.0.0/8",
+    ];
+    args.extend_from_slice(extra);
+    Verve::start_with_env(&args, env)
+}
+
+/// Accepts `id` with `endpoint` (percent-encoded here); the answer must be 200.
+fn accept_with(verve: &Verve, id: i64, endpoint: &str) {
+    let reply = verve.get(&format!(
+        "/api/verve/accept?id={id}&endpoint={}",
+        encode(endpoint)
+    ));
+    assert_eq!(reply.status, 200, "id {id} endpoint {endpoint}");
+}
+
 #[test]
 fn delivers_once_per_endpoint_retries_failures_and_never_slows_accepts() {
     let receiver = Receiver::start();
@@ -322,29 +346,13 @@ fn callback_secret_signs_every_post_with_standard_webhooks_headers() {
     }
     let receiver = Receiver::start();
     let secret = "correct horse battery staple";
-    let verve = Verve::start_with_env(
-        &[
-            "--window-secs",
-            "1",
-            "--grace-ms",
-            "200",
-            "--callback-allow",
-            "127.0.0.0/8",
-            "--callback-backoff-ms",
-            "50",
-        ],
+    let verve = verve_calling_loopback(
+        &["--callback-backoff-ms", "50"],
         &[("VERVE_CALLBACK_SECRET", secret)],
     );
     let window = sleep_into_next_window(1, 100);
-    for (id, path) in [(1, "/signed"), (2, "/fail-signed")] {
-        let target = encode(&receiver.url(path));
-        assert_eq!(
-            verve
-                .get(&format!("/api/verve/accept?id={id}&endpoint={target}"))
-                .status,
-            200
-        );
-    }
+    accept_with(&verve, 1, &receiver.url("/signed"));
+    accept_with(&verve, 2, &receiver.url("/fail-signed"));
     verve.wait_window(window, Duration::from_secs(5));
     let got = wait_for(Duration::from_secs(5), || {
         let got = receiver.received();
@@ -375,22 +383,9 @@ fn callback_secret_signs_every_post_with_standard_webhooks_headers() {
 #[test]
 fn without_a_secret_posts_carry_no_signature() {
     let receiver = Receiver::start();
-    let verve = Verve::start(&[
-        "--window-secs",
-        "1",
-        "--grace-ms",
-        "200",
-        "--callback-allow",
-        "127.0.0.0/8",
-    ]);
+    let verve = verve_calling_loopback(&[], &[]);
     let window = sleep_into_next_window(1, 100);
-    let target = encode(&receiver.url("/plain"));
-    assert_eq!(
-        verve
-            .get(&format!("/api/verve/accept?id=1&endpoint={target}"))
-            .status,
-        200
-    );
+    accept_with(&verve, 1, &receiver.url("/plain"));
     verve.wait_window(window, Duration::from_secs(5));
     let got = wait_for(Duration::from_secs(5), || {
         receiver.received().into_iter().next()
@@ -403,27 +398,12 @@ fn without_a_secret_posts_carry_no_signature() {
 #[test]
 fn callback_hosts_limits_where_callbacks_go() {
     let receiver = Receiver::start();
-    let verve = Verve::start(&[
-        "--window-secs",
-        "1",
-        "--grace-ms",
-        "200",
-        "--callback-allow",
-        "127.0.0.0/8",
-        "--callback-hosts",
-        "localhost,*.example.invalid",
-    ]);
+    let verve = verve_calling_loopback(&["--callback-hosts", "localhost,*.example.invalid"], &[]);
     let port = receiver.addr.port();
     let window = sleep_into_next_window(1, 100);
-    let listed = format!("http://localhost:{port}/listed");
-    let unlisted = format!("http://127.0.0.1:{port}/unlisted");
-    for (id, target) in [(1, &listed), (2, &unlisted)] {
-        let reply = verve.get(&format!(
-            "/api/verve/accept?id={id}&endpoint={}",
-            encode(target)
-        ));
-        assert_eq!(reply.status, 200, "the id counts either way");
-    }
+    // Answered 200 either way: the id counts.
+    accept_with(&verve, 1, &format!("http://localhost:{port}/listed"));
+    accept_with(&verve, 2, &format!("http://127.0.0.1:{port}/unlisted"));
     let line = verve.wait_window(window, Duration::from_secs(5));
     assert_eq!(line.count(), 2);
     let got = wait_for(Duration::from_secs(5), || {
@@ -442,22 +422,9 @@ fn callback_hosts_limits_where_callbacks_go() {
 #[test]
 fn huge_response_bodies_are_not_read() {
     let receiver = Receiver::start();
-    let verve = Verve::start(&[
-        "--window-secs",
-        "1",
-        "--grace-ms",
-        "200",
-        "--callback-allow",
-        "127.0.0.0/8",
-    ]);
+    let verve = verve_calling_loopback(&[], &[]);
     let window = sleep_into_next_window(1, 100);
-    let target = encode(&receiver.url("/huge"));
-    assert_eq!(
-        verve
-            .get(&format!("/api/verve/accept?id=1&endpoint={target}"))
-            .status,
-        200
-    );
+    accept_with(&verve, 1, &receiver.url("/huge"));
     verve.wait_window(window, Duration::from_secs(5));
     let attempt = wait_for(Duration::from_secs(5), || {
         callback_lines(&verve, "/huge").into_iter().next()

@@ -154,24 +154,20 @@ pub struct HostList(Vec<String>);
 impl std::str::FromStr for HostList {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        s.split(',')
-            .map(str::trim)
-            .filter(|part| !part.is_empty())
-            .map(|part| {
-                let name = part.strip_prefix("*.").unwrap_or(part);
-                let valid = !name.is_empty()
-                    && !name.contains('*')
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
-                if valid {
-                    Ok(part.trim_end_matches('.').to_ascii_lowercase())
-                } else {
-                    Err(format!("'{part}' is not a host name or *.domain pattern"))
-                }
-            })
-            .collect::<Result<_, _>>()
-            .map(HostList)
+        crate::config::comma_separated(s, |part| {
+            let name = part.strip_prefix("*.").unwrap_or(part);
+            let valid = !name.is_empty()
+                && !name.contains('*')
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+            if valid {
+                Ok(part.trim_end_matches('.').to_ascii_lowercase())
+            } else {
+                Err(format!("'{part}' is not a host name or *.domain pattern"))
+            }
+        })
+        .map(HostList)
     }
 }
 
