@@ -6,7 +6,6 @@ use verve::config::Config;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    release_window_maps_on_free();
     let config = match Config::load() {
         Ok(config) => config,
         Err(e) => {
@@ -52,17 +51,5 @@ async fn main() -> ExitCode {
             eprintln!("verve: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Each window's id map (hundreds of KiB per shard) is freed when the window is reported.
-/// glibc raises its mmap threshold after the first such free and keeps later maps in its heap,
-/// so RSS swung by ±25 % from window to window in a soak; with the threshold fixed at 128 KiB
-/// large maps are mmapped on their own and returned to the system when freed.
-fn release_window_maps_on_free() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; any value is valid for glibc.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
