@@ -11,10 +11,7 @@ ids=${1:-1000000}
 threads=2
 need wrk wrk
 cargo build --release --quiet --bin verve
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
-trap cleanup EXIT
+scratch
 
 # A long window, so all ids land in one (the script checks that they did).
 start_server pid addr "$tmp/verve.out" target/release/verve \

@@ -22,17 +22,14 @@ need wrk wrk
 need redis-server redis-server
 
 cargo build --release --quiet --bin verve --example bare
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
-trap cleanup EXIT
+scratch
 
 start_server bare_pid bare_addr "$tmp/bare.out" target/release/examples/bare 127.0.0.1:0
 pids+=("$bare_pid")
 start_server single_pid single_addr "$tmp/single.out" target/release/verve \
   --listen 127.0.0.1:0 --log-file "$tmp/single.log"
 pids+=("$single_pid")
-redis_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >"$tmp/redis.out" 2>&1 &
 pids+=("$!")
 for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done

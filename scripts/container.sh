@@ -32,8 +32,6 @@ build() {
   echo "built $image: $(podman image inspect "$image" --format '{{.Size}}' | awk '{printf "%.1f MiB", $1/1048576}')"
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 run_test() {
   build
   local tmp name port hook_port started ready_ms

@@ -12,11 +12,9 @@ need redis-cli redis-tools
 need nginx nginx-light
 cargo build --release --quiet --bin verve
 
-dir=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; echo "logs kept in $dir"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+KEEP_TMP=1
+scratch
+dir=$tmp
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >"$dir/redis.out" 2>&1 &

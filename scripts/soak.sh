@@ -14,12 +14,9 @@ minutes=${1:-10}
 conns=${2:-48}
 need wrk wrk
 cargo build --release --quiet --bin verve
-tmp=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$tmp"; }
-trap cleanup EXIT
+scratch
 
-hook_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+hook_port=$(free_port)
 python3 - "$hook_port" "$tmp/posts" <<'PY' &
 import http.server, sys
 port, out = int(sys.argv[1]), sys.argv[2]
