@@ -24,6 +24,7 @@ pub mod callback;
 pub mod config;
 pub mod countlog;
 pub mod http;
+pub mod memory;
 pub mod metrics;
 pub mod report;
 pub mod status;

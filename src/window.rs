@@ -89,6 +89,9 @@ impl Hasher for Xxh3Hasher {
 /// Shards per id set: many, so that growing one shard stalls few writers for little time.
 const SHARDS: usize = 64;
 
+/// Id slots above which a dropped window's table is handed back to the system at once.
+const RELEASE_AFTER_IDS: usize = 1 << 16;
+
 /// One window's ids and the endpoints registered in it.
 pub struct Window {
     /// Window start, epoch seconds.
@@ -109,6 +112,20 @@ pub struct Window {
     touched: Box<[AtomicBool]>,
     /// Fleet mode: the store's reconnection count when the window opened.
     pub epoch: u64,
+}
+
+impl Drop for Window {
+    /// Frees the id table first and then asks the allocator to return freed memory: glibc
+    /// otherwise keeps a closed window's pages for reuse, and the process's size swings with
+    /// which windows' tables it happens to hold.
+    fn drop(&mut self) {
+        if self.ids.capacity() < RELEASE_AFTER_IDS {
+            return;
+        }
+        let empty = DashMap::with_hasher_and_shard_amount(*self.ids.hasher(), 2);
+        drop(std::mem::replace(&mut self.ids, empty));
+        crate::memory::release_freed();
+    }
 }
 
 /// What happened to an endpoint offered to a window.
