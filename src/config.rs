@@ -114,8 +114,8 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_inflight: u32,
 
-    /// Largest request head hyper reads, in bytes; at least 16384 so that verve itself
-    /// answers an over-long target with 414.
+    /// Largest request head, in bytes; a larger one gets 431. At least 16384 so that verve
+    /// itself answers an over-long target with 414.
     #[arg(long, env = "VERVE_MAX_HEADER_BYTES", default_value_t = 65_536,
           value_parser = clap::value_parser!(u32).range(16_384..=16_777_216))]
     pub max_header_bytes: u32,

@@ -65,16 +65,18 @@ pub enum Outcome {
     NotFound,
     MethodNotAllowed,
     UriTooLong,
+    HeaderTooLarge,
     Unavailable,
 }
 
 impl Outcome {
-    const ALL: [Outcome; 6] = [
+    const ALL: [Outcome; 7] = [
         Outcome::Ok,
         Outcome::BadRequest,
         Outcome::NotFound,
         Outcome::MethodNotAllowed,
         Outcome::UriTooLong,
+        Outcome::HeaderTooLarge,
         Outcome::Unavailable,
     ];
 
@@ -85,6 +87,7 @@ impl Outcome {
             Outcome::NotFound => 404,
             Outcome::MethodNotAllowed => 405,
             Outcome::UriTooLong => 414,
+            Outcome::HeaderTooLarge => 431,
             Outcome::Unavailable => 503,
         }
     }
@@ -131,11 +134,11 @@ impl Attempt {
 #[derive(Default)]
 pub struct Metrics {
     /// Requests by outcome, indexed like `Outcome::ALL`.
-    requests: [Striped; 6],
+    requests: [Striped; Outcome::ALL.len()],
     /// Windows written to the count log (partial ones included).
     pub windows_reported: AtomicU64,
     /// Callback attempts by result, indexed like `Attempt::ALL`.
-    callback_attempts: [AtomicU64; 6],
+    callback_attempts: [AtomicU64; Attempt::ALL.len()],
     /// Deliveries dropped because the pending queue was full.
     pub callbacks_dropped_queue: AtomicU64,
     /// Endpoints refused because a window already had the maximum.

@@ -99,6 +99,48 @@ fn slowloris_and_idle_connections_are_cut_at_the_header_read_timeout() {
     );
 }
 
+/// Sends `head` in one write on a fresh connection and returns the status code, or `None`
+/// when the server cut the connection without one (it may reset a connection whose head it
+/// refused unread).
+fn status_of_raw(verve: &Verve, head: &[u8]) -> Option<u16> {
+    let mut stream = TcpStream::connect(verve.addr).unwrap();
+    let _ = stream.write_all(head);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(n) if n >= 12 => String::from_utf8_lossy(&buf[9..12]).parse().ok(),
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+        Err(e) => panic!("no answer: {e}"),
+    }
+}
+
+#[test]
+fn request_heads_above_the_limit_get_431_and_count_nothing() {
+    let verve = Verve::start(&["--max-header-bytes", "20000"]);
+    let head = |id: u32, pad: usize| {
+        format!(
+            "GET /api/verve/accept?id={id} HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+            "p".repeat(pad)
+        )
+        .into_bytes()
+    };
+    // Just over the limit (the service refuses it) and far over it (hyper does).
+    for (id, pad) in [(1, 20_100), (2, 30_000), (3, 200_000)] {
+        let status = status_of_raw(&verve, &head(id, pad));
+        assert!(
+            matches!(status, Some(431) | None),
+            "{pad}-byte header: {status:?}"
+        );
+    }
+    // Just under the limit: served and counted.
+    assert_eq!(status_of_raw(&verve, &head(4, 19_000)), Some(200));
+    assert_eq!(verve.metric("verve_requests_total{status=\"200\"}"), 1);
+    assert_eq!(verve.metric("verve_window_ids"), 1);
+}
+
 #[test]
 fn many_idle_connections_do_not_slow_the_accept_path() {
     let verve = Verve::start(&[]);

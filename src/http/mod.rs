@@ -54,8 +54,10 @@ pub async fn serve(
         .header_read_timeout(Duration::from_millis(
             shared.settings.header_read_timeout_ms,
         ))
-        // hyper's read buffer, and so its head limit: at least 16 KiB (the flag's floor),
-        // well above MAX_TARGET_LEN, so that the service answers an over-long target.
+        // hyper's read buffer: at least 16 KiB (the flag's floor), well above MAX_TARGET_LEN,
+        // so that the service answers an over-long target. hyper refuses a head only once a
+        // read leaves it incomplete with the buffer full, so one that arrives in a single read
+        // can reach twice this; `Service::call` holds the exact limit.
         .max_buf_size(shared.settings.max_header_bytes as usize)
         .keep_alive(true);
     let draining = async {
@@ -145,12 +147,26 @@ impl hyper::service::Service<Request<Incoming>> for Service {
         if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > MAX_TARGET_LEN {
             return Answer::now(answer(&self.shared, Outcome::UriTooLong));
         }
+        if head_len(&req) > self.shared.settings.max_header_bytes as usize {
+            return Answer::now(answer(&self.shared, Outcome::HeaderTooLarge));
+        }
         if req.method() == Method::GET && uri.path() == ACCEPT_PATH && self.routes != Routes::Admin
         {
             return accept(&self.shared, uri.query().unwrap_or(""));
         }
         Answer::now(respond(&self.shared, self.routes, &req))
     }
+}
+
+/// The request head's size as sent, near enough: the target and each `name: value` line.
+fn head_len(req: &Request<Incoming>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    target + headers
 }
 
 /// The service's future: decided on the spot, or (fleet mode, an id not seen locally)
