@@ -440,3 +440,48 @@ fn huge_response_bodies_are_not_read() {
     assert!(sent < 32 << 20, "verve took {sent} bytes of the body");
     assert_eq!(callback_lines(&verve, "/huge").len(), 1, "not retried");
 }
+
+/// A target that answers one byte every 100 ms never lets a single read wait long; the
+/// attempt's whole-response timeout still ends it, each retry too, and the worker moves on.
+#[test]
+fn drip_fed_answers_time_out_as_a_whole() {
+    let receiver = Receiver::start();
+    let verve = verve_calling_loopback(
+        &[
+            "--callback-timeout-ms",
+            "800",
+            "--callback-attempts",
+            "2",
+            "--callback-backoff-ms",
+            "50",
+            "--callback-workers",
+            "1",
+        ],
+        &[],
+    );
+    let window = sleep_into_next_window(1, 100);
+    accept_with(&verve, 1, &receiver.url("/drip"));
+    accept_with(&verve, 2, &receiver.url("/ok"));
+    verve.wait_window(window, Duration::from_secs(5));
+    let reported = Instant::now();
+    let done = wait_for(Duration::from_secs(10), || {
+        let drip = callback_lines(&verve, "/drip");
+        (drip.len() == 2 && !callback_lines(&verve, "/ok").is_empty()).then_some(drip)
+    })
+    .expect("both attempts and the next delivery are logged");
+    assert_eq!(
+        attempts(&done),
+        vec![
+            ("1".to_string(), "error=timeout".to_string()),
+            ("2".to_string(), "error=timeout".to_string())
+        ]
+    );
+    // A per-read timeout would have let each attempt run the answer's full 4 s.
+    assert!(
+        reported.elapsed() < Duration::from_secs(3),
+        "the attempts took {:?}",
+        reported.elapsed()
+    );
+    assert_eq!(receiver.to("/ok").len(), 1, "the one worker was freed");
+    assert_eq!(receiver.to("/drip").len(), 2);
+}

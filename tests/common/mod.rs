@@ -370,7 +370,8 @@ impl Received {
 }
 
 /// A real HTTP server on loopback recording every request. What it answers depends on the
-/// path: `/fail…` 500, `/hang…` nothing for 10 s, `/slow…` 200 after 3 s, `/redirect…` 302
+/// path: `/fail…` 500, `/hang…` nothing for 10 s, `/slow…` 200 after 3 s, `/drip…` 200 one
+/// byte every 100 ms (4 s in all), `/redirect…` 302
 /// to `/landing`, `/huge…` 200 with a 1 GiB body (then a `SENT` entry with `x-sent`: the
 /// bytes the client took), else 200.
 pub struct Receiver {
@@ -465,6 +466,15 @@ fn serve_receiver(stream: TcpStream, sink: &Mutex<Vec<Received>>) {
                 body: String::new(),
             });
             return;
+        } else if path.starts_with("/drip") {
+            // A whole answer, one byte every 100 ms: no single read ever waits long.
+            for byte in b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok" {
+                if stream.write_all(&[*byte]).is_err() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            continue;
         } else if path.starts_with("/redirect") {
             "HTTP/1.1 302 Found\r\nlocation: /landing\r\ncontent-length: 0\r\n\r\n".to_string()
         } else {
