@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (.ci/run sets CI=true): installs what the tests need,
-# checks formatting and lints, then runs unit tests, the black-box tests against the real
-# binary (real callback receivers, Redis, Redis Cluster and nginx on loopback) and every
-# criterion benchmark once, then builds the container image and tests it with podman. Under
-# CI=true a test whose server is missing fails.
+# checks formatting and lints (with and without the kafka feature), then runs unit tests, the
+# black-box tests against the real binary (real callback receivers, Redis, Redis Cluster,
+# nginx and a Kafka broker on loopback) and every criterion benchmark once, then builds the
+# container image and tests it with podman. Under CI=true a test whose server is missing
+# fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -18,6 +19,11 @@ need redis-cli redis-tools
 need nginx nginx-light
 need openssl openssl
 need chromium chromium
+# The kafka feature builds librdkafka from source; its tests run a real broker from Maven
+# Central jars (the script installs a JDK and Maven when missing).
+need make make
+need cc gcc
+bash scripts/kafka-libs.sh
 if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
@@ -25,5 +31,6 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --quiet -- -D warnings
-cargo test --all-targets
+cargo clippy --all-targets --quiet --features kafka -- -D warnings
+cargo test --all-targets --features kafka
 bash scripts/container.sh test

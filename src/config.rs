@@ -15,6 +15,7 @@ use crate::callback;
 use crate::callback::guard::{Guard, HostList};
 use crate::callback::sign::Signer;
 use crate::store;
+use crate::stream;
 
 /// Counts distinct ids per wall-clock window; see README.md.
 #[derive(Parser, Debug, Clone)]
@@ -149,6 +150,37 @@ pub struct Config {
     #[arg(long, env = "VERVE_REDIS_CA_FILE")]
     pub redis_ca_file: Option<PathBuf>,
 
+    /// Kafka bootstrap servers (`host:port,...`): each window's count is streamed to
+    /// --kafka-topic. Unset streams nothing. Needs a build with the `kafka` feature.
+    #[arg(long, env = "VERVE_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+
+    /// Topic of the per-window records.
+    #[arg(long, env = "VERVE_KAFKA_TOPIC", default_value = "verve.unique-counts")]
+    pub kafka_topic: String,
+
+    /// Client id the producer presents to the brokers.
+    #[arg(long, env = "VERVE_KAFKA_CLIENT_ID", default_value = "verve")]
+    pub kafka_client_id: String,
+
+    /// Record compression: none, gzip, snappy, lz4 or zstd.
+    #[arg(long, env = "VERVE_KAFKA_COMPRESSION", default_value = "none",
+          value_parser = ["none", "gzip", "snappy", "lz4", "zstd"])]
+    pub kafka_compression: String,
+
+    /// Records held while Kafka is unreachable (1440 is a day of one-minute windows); when
+    /// full, a new record is dropped and counted.
+    #[arg(long, env = "VERVE_KAFKA_BUFFER", default_value_t = 100_000,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub kafka_buffer: u32,
+
+    /// A librdkafka setting passed through, `key=value` (repeatable; the variable takes a
+    /// comma-separated list), e.g. `security.protocol=sasl_ssl`, `sasl.mechanism=PLAIN`,
+    /// `sasl.username=...`, `ssl.ca.location=/etc/ca.pem`.
+    #[arg(long = "kafka-option", env = "VERVE_KAFKA_OPTIONS", value_delimiter = ',',
+          value_parser = parse_kafka_option)]
+    pub kafka_options: Vec<(String, String)>,
+
     /// Shifts this instance's clock (testing clock skew between instances).
     #[arg(long, env = "VERVE_CLOCK_OFFSET_MS", default_value_t = 0, hide = true)]
     pub clock_offset_ms: i64,
@@ -167,6 +199,23 @@ impl FromStr for CidrList {
         })
         .map(CidrList)
     }
+}
+
+/// One `key=value` librdkafka setting. The producer's guarantees are not negotiable here.
+fn parse_kafka_option(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}' is not key=value"))?;
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(format!("'{s}' has no key"));
+    }
+    if crate::stream::FIXED_SETTINGS.contains(&key) {
+        return Err(format!(
+            "'{key}' is set by verve (idempotent producer, acks=all)"
+        ));
+    }
+    Ok((key.to_string(), value.trim().to_string()))
 }
 
 /// The items of a comma-separated flag value (blanks around items and empty items ignored),
@@ -267,7 +316,37 @@ impl Config {
         if self.redis_prefix.is_empty() || self.redis_prefix.contains(['{', '}', ' ']) {
             return Err("--redis-prefix must be non-empty, without braces or spaces".to_string());
         }
+        let topic = &self.kafka_topic;
+        if topic.is_empty()
+            || topic.len() > 249
+            || !topic
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            return Err(
+                "--kafka-topic must be 1-249 characters of letters, digits, '.', '_' or '-'"
+                    .to_string(),
+            );
+        }
+        if self.kafka_brokers.is_some() && !cfg!(feature = "kafka") {
+            return Err(
+                "--kafka-brokers needs a build with the kafka feature (cargo build --features kafka)"
+                    .to_string(),
+            );
+        }
         Ok(())
+    }
+
+    /// The stream's settings, when --kafka-brokers is set.
+    pub fn stream_settings(&self) -> Option<stream::Settings> {
+        self.kafka_brokers.as_ref().map(|brokers| stream::Settings {
+            brokers: brokers.clone(),
+            topic: self.kafka_topic.clone(),
+            client_id: self.kafka_client_id.clone(),
+            compression: self.kafka_compression.clone(),
+            buffer: self.kafka_buffer,
+            options: self.kafka_options.clone(),
+        })
     }
 
     /// Fleet mode's store settings, when --redis-url is set.
@@ -346,6 +425,14 @@ mod tests {
             ),
             (&["--redis-url", "http://h"][..], "--redis-url"),
             (&["--redis-shards", "0"][..], "--redis-shards"),
+            (&["--kafka-topic", "a topic"][..], "--kafka-topic"),
+            (&["--kafka-option", "acks=1"][..], "--kafka-option"),
+            (&["--kafka-option", "novalue"][..], "--kafka-option"),
+            (
+                &["--kafka-compression", "brotli"][..],
+                "--kafka-compression",
+            ),
+            (&["--kafka-buffer", "0"][..], "--kafka-buffer"),
         ] {
             let err = load(args).unwrap_err();
             assert_eq!(err.exit_code, 2, "{args:?}");

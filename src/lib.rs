@@ -12,6 +12,7 @@
 //!   fleet count and elects the instance that sends the window's callbacks.
 //! * [`callback`] — delivery of the per-window POSTs on blocking worker threads, with
 //!   retries and the SSRF guard.
+//! * [`stream`] — one record per reported window to Kafka (feature `kafka`).
 //! * [`countlog`] — the `log` sink that puts count lines in a file and diagnostics on stderr.
 //! * [`config`] — flags and environment, checked at start-up.
 //! * [`metrics`] — counters exported at `/metrics`.
@@ -29,6 +30,7 @@ pub mod metrics;
 pub mod report;
 pub mod status;
 pub mod store;
+pub mod stream;
 pub mod window;
 
 use std::io;
@@ -46,6 +48,7 @@ use config::Config;
 use http::Routes;
 use metrics::Metrics;
 use store::Store;
+use stream::Stream;
 use window::{Clock, SystemClock, Windows};
 
 /// State shared by the edge, the reporter and the callback pool.
@@ -57,6 +60,8 @@ pub struct Shared {
     pub callbacks: Callbacks,
     /// Fleet mode's shared store; `None` on a single node.
     pub store: Option<Store>,
+    /// The Kafka producer; `None` without `--kafka-brokers`.
+    pub stream: Option<Stream>,
     /// False once shutdown began: `/readyz` answers 503 so load balancers drain us.
     pub ready: AtomicBool,
     /// Uptime and the recent windows, for the status page.
@@ -69,8 +74,14 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn new(settings: Config, clock: Arc<dyn Clock>, store: Option<Store>) -> Self {
+    fn new(settings: Config, clock: Arc<dyn Clock>, store: Option<Store>) -> io::Result<Self> {
         let metrics = Arc::new(Metrics::default());
+        let stream = match settings.stream_settings() {
+            Some(stream) => {
+                Some(Stream::start(&stream, Arc::clone(&metrics)).map_err(io::Error::other)?)
+            }
+            None => None,
+        };
         let windows = Windows::new(
             clock.now_ms(),
             i64::from(settings.window_secs),
@@ -78,18 +89,19 @@ impl Shared {
             store.as_ref().map_or(0, |s| s.shards() as usize),
         );
         let callbacks = Callbacks::start(settings.callback_settings(), Arc::clone(&metrics));
-        Self {
+        Ok(Self {
             settings,
             clock,
             windows,
             metrics,
             callbacks,
             store,
+            stream,
             ready: AtomicBool::new(true),
             status: status::Status::default(),
             waiting: AtomicUsize::new(0),
             background: parking_lot::Mutex::new(JoinSet::new()),
-        }
+        })
     }
 
     /// Runs `task` in the background, owned by this instance.
@@ -124,8 +136,12 @@ impl Shared {
             .iter()
             .find(|w| w.start == current)
             .map_or(0, |w| w.count());
-        self.metrics
-            .render(current_ids, countlog::write_errors(), metrics::rss_bytes())
+        self.metrics.render(
+            current_ids,
+            countlog::write_errors(),
+            metrics::rss_bytes(),
+            self.stream.as_ref().map(Stream::buffered),
+        )
     }
 }
 
@@ -155,7 +171,7 @@ pub async fn run(
         None => None,
     };
     let mode = if store.is_some() { "fleet" } else { "single" };
-    let shared = Arc::new(Shared::new(config, clock, store));
+    let shared = Arc::new(Shared::new(config, clock, store)?);
 
     let (finish, finishing) = watch::channel(false);
     let reporter = tokio::spawn(report::run(Arc::clone(&shared), finishing));
@@ -196,6 +212,14 @@ pub async fn run(
         .callbacks
         .close(until.saturating_duration_since(Instant::now()))
         .await;
+    if let Some(stream) = &shared.stream {
+        let left = stream.flush(until.saturating_duration_since(Instant::now()));
+        if left > 0 {
+            log::warn!(
+                "kafka: {left} window records still unsent at the shutdown deadline are lost"
+            );
+        }
+    }
     reopener.abort();
     resyncer.abort();
     Ok(())

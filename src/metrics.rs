@@ -160,6 +160,10 @@ pub struct Metrics {
     pub resyncs: AtomicU64,
     /// Fleet mode: windows whose fleet report was given up at its deadline.
     pub fleet_reports_abandoned: AtomicU64,
+    /// Stream records acknowledged by Kafka.
+    pub stream_sent: AtomicU64,
+    /// Stream records given up: buffer full, or a permanent delivery error.
+    pub stream_failed: AtomicU64,
 }
 
 /// Upper bounds (seconds) of the store latency histogram.
@@ -202,6 +206,7 @@ impl Metrics {
         current_window_ids: usize,
         count_log_errors: u64,
         rss_bytes: Option<u64>,
+        stream_buffered: Option<u64>,
     ) -> String {
         let mut out = String::with_capacity(2048);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -295,6 +300,29 @@ impl Metrics {
             "Windows whose fleet report was given up at its deadline.",
             load(&self.fleet_reports_abandoned),
         );
+        if let Some(buffered) = stream_buffered {
+            scalar(
+                &mut out,
+                "counter",
+                "verve_stream_records_sent_total",
+                "Window records Kafka acknowledged.",
+                load(&self.stream_sent),
+            );
+            scalar(
+                &mut out,
+                "counter",
+                "verve_stream_records_failed_total",
+                "Window records given up (buffer full or a permanent error).",
+                load(&self.stream_failed),
+            );
+            scalar(
+                &mut out,
+                "gauge",
+                "verve_stream_records_buffered",
+                "Window records handed to the producer and not yet acknowledged.",
+                buffered,
+            );
+        }
         out.push_str("# HELP verve_dedup_seconds Store round trip of an id not seen locally.\n");
         out.push_str("# TYPE verve_dedup_seconds histogram\n");
         let mut cumulative = 0;
@@ -382,7 +410,7 @@ mod tests {
         m.request(Outcome::Ok);
         m.request(Outcome::BadRequest);
         m.attempt(Attempt::Blocked);
-        let text = m.render(5, 0, Some(4096));
+        let text = m.render(5, 0, Some(4096), None);
         assert!(text.contains("verve_requests_total{status=\"200\"} 2\n"));
         assert!(text.contains("verve_requests_total{status=\"400\"} 1\n"));
         assert!(text.contains("verve_callback_attempts_total{result=\"blocked\"} 1\n"));

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{log_count, send_callbacks};
+use super::{log_count, publish};
 use crate::Shared;
 use crate::store::{Store, StoreError};
 use crate::window::{Window, format_utc};
@@ -224,7 +224,7 @@ async fn deliver(shared: Arc<Shared>, start: i64, count: u64) {
             );
         }
         let endpoints = endpoints.into_iter().take(max).map(Into::into).collect();
-        let batch = send_callbacks(&shared, start, count, "fleet", endpoints);
+        let batch = publish(&shared, start, count, "fleet", endpoints);
         while batch.pending() > 0 {
             tokio::time::sleep(LEASE / 3).await;
             let _ = store.lead(start, LEASE).await;

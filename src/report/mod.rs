@@ -1,10 +1,11 @@
 //! The reporter: closes each window once it is final and reports it.
 //!
 //! On a single node the count is the local one. In fleet mode ([`fleet`]) the fleet count is
-//! read from the store, and one instance per window sends the callbacks.
+//! read from the store, and one instance per window sends the callbacks and the stream record.
 //!
 //! A window is final `grace` after it ends and once the requests admitted to it have finished.
-//! Then its count goes to the count log (always) and its endpoints to the callback queue. The
+//! Then its count goes to the count log (always), its record to the stream and its endpoints
+//! to the callback queue. The
 //! reporter wakes at least every [`MAX_NAP`], computing deadlines from the wall clock, so a
 //! clock that steps (either way) is followed: windows are reported in order, each once.
 
@@ -78,8 +79,8 @@ async fn report_oldest(shared: &Arc<Shared>, partial: bool) {
     let count = window.count() as u64;
     log_count(shared, window.start, count, "local", partial);
     if !partial {
-        // A window cut short is never POSTed.
-        send_callbacks(shared, window.start, count, "local", window.endpoints());
+        // A window cut short is neither POSTed nor streamed.
+        publish(shared, window.start, count, "local", window.endpoints());
     }
 }
 
@@ -101,9 +102,10 @@ fn log_count(shared: &Shared, start: i64, count: u64, scope: &'static str, parti
     shared.status.reported(start, count, scope, partial);
 }
 
-/// Queues one POST per endpoint with the window's final count. The returned batch reaches
-/// zero once every delivery is done or given up.
-fn send_callbacks(
+/// Publishes a window's final count: its record to the stream, if any, and one POST per
+/// endpoint to the callback queue. The returned batch reaches zero once every delivery is
+/// done or given up.
+fn publish(
     shared: &Shared,
     start: i64,
     count: u64,
@@ -112,6 +114,9 @@ fn send_callbacks(
 ) -> Batch {
     let window_start: Arc<str> = format_utc(start * 1000, false).into();
     let body: Arc<str> = callback_body(&window_start, shared.windows.secs(), count, scope).into();
+    if let Some(stream) = &shared.stream {
+        stream.send(&window_start, &body);
+    }
     let batch = BatchState::new(endpoints.len());
     if !endpoints.is_empty() {
         shared.status.callbacks_sent(start, &batch);
@@ -239,7 +244,7 @@ mod clock_tests {
             .map_err(|e| e.message)
             .unwrap();
         let clock = Arc::new(ManualClock(AtomicI64::new(120_500)));
-        let shared = Arc::new(Shared::new(config, clock.clone(), None));
+        let shared = Arc::new(Shared::new(config, clock.clone(), None).unwrap());
         let (finish, finishing) = watch::channel(false);
         let reporter = tokio::spawn(super::run(Arc::clone(&shared), finishing));
         let set = |ms: i64| clock.0.store(ms, std::sync::atomic::Ordering::SeqCst);

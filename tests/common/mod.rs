@@ -12,6 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
+
 /// A scratch directory removed on drop.
 pub struct TempDir(pub PathBuf);
 
