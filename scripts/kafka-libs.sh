@@ -17,6 +17,6 @@ rm -rf "$libs"
 mkdir -p "$libs"
 mvn -B -q -f scripts/kafka/pom.xml \
   org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
-  -DincludeScope=runtime -DoutputDirectory="$PWD/$libs"
+  -Dstyle.color=never -DincludeScope=runtime -DoutputDirectory="$PWD/$libs"
 touch "$stamp"
 echo "kafka broker jars in $libs: $(ls "$libs"/*.jar | wc -l)"

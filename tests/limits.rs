@@ -143,10 +143,28 @@ fn request_heads_above_the_limit_get_431_and_count_nothing() {
 
 #[test]
 fn many_idle_connections_do_not_slow_the_accept_path() {
-    let verve = Verve::start(&[]);
-    // 400 idle connections (within a default 1024-descriptor limit on both ends).
-    let idle: Vec<TcpStream> = (0..400)
-        .map(|_| TcpStream::connect(verve.addr).unwrap())
+    // Thousands of idle connections: raise this process's descriptor limit (verve inherits
+    // it) as far as the hard limit allows.
+    let hard = raise_descriptor_limit(8192);
+    let n = (hard.saturating_sub(512) as usize).clamp(400, 2000);
+    // Opening them takes seconds here (this VM wakes an idle server slowly): a header
+    // timeout longer than that, so that none is cut before the check.
+    let verve = Verve::start(&["--header-read-timeout-ms", "60000"]);
+    // Opened from 30 threads at once.
+    let addr = verve.addr;
+    let openers: Vec<_> = (0..30)
+        .map(|t| {
+            thread::spawn(move || {
+                (t..n)
+                    .step_by(30)
+                    .map(|_| TcpStream::connect(addr).unwrap())
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let idle: Vec<TcpStream> = openers
+        .into_iter()
+        .flat_map(|o| o.join().unwrap())
         .collect();
     let mut conn = verve.connect();
     let started = Instant::now();
@@ -156,7 +174,47 @@ fn many_idle_connections_do_not_slow_the_accept_path() {
     // Correctness, not timing: all answered; the window holds exactly these ids.
     assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(verve.metric("verve_requests_total{status=\"200\"}"), 200);
+    // The idle connections are all still open (not shed to make room).
+    let mut idle = idle;
+    for (i, stream) in idle.iter_mut().enumerate().step_by(97) {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 16];
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let got = stream.read(&mut buf).unwrap();
+        assert!(
+            buf[..got].starts_with(b"HTTP/1.1 200"),
+            "idle connection {i} of {n} was cut: {:?}",
+            String::from_utf8_lossy(&buf[..got])
+        );
+    }
     drop(idle);
+}
+
+/// Raises the soft descriptor limit to `want` or the hard limit, whichever is lower; returns
+/// the new soft limit.
+fn raise_descriptor_limit(want: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        let target = want.min(limit.rlim_max);
+        if target > limit.rlim_cur {
+            limit.rlim_cur = target;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return 1024;
+            }
+        }
+        limit.rlim_cur
+    }
 }
 
 #[test]
