@@ -7,7 +7,8 @@
 # Usage: scripts/bench.sh [SECONDS_PER_RUN] [ROUNDS] [SCENARIO...]   (defaults: 10 3, all)
 # Every run is paired with a bare run just before it; prints each run's rate, p99 (wrk's,
 # indicative) and ratio, the median ratio per scenario, and for the fleet scenarios the Redis
-# commands per request from INFO commandstats. Loopback only.
+# commands per request from INFO commandstats. BENCH_CONNECTIONS (64) sets wrk's connections,
+# BENCH_FLEET_ARGS adds flags to the fleet instance (e.g. "--redis-shards 1"). Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -34,7 +35,8 @@ redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >"$
 pids+=("$!")
 for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
 start_server fleet_pid fleet_addr "$tmp/fleet.out" target/release/verve \
-  --listen 127.0.0.1:0 --log-file "$tmp/fleet.log" --redis-url "redis://127.0.0.1:$redis_port"
+  --listen 127.0.0.1:0 --log-file "$tmp/fleet.log" --redis-url "redis://127.0.0.1:$redis_port" \
+  ${BENCH_FLEET_ARGS:-}
 pids+=("$fleet_pid")
 
 run() { # run ADDR SCRIPT -> prints "rate p99 requests"
