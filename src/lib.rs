@@ -212,8 +212,18 @@ pub async fn run(
         .callbacks
         .close(until.saturating_duration_since(Instant::now()))
         .await;
-    if let Some(stream) = &shared.stream {
-        let left = stream.flush(until.saturating_duration_since(Instant::now()));
+    if shared.stream.is_some() {
+        // librdkafka's flush blocks its thread: off the async workers.
+        let wait = until.saturating_duration_since(Instant::now());
+        let flushing = Arc::clone(&shared);
+        let left = tokio::task::spawn_blocking(move || {
+            flushing
+                .stream
+                .as_ref()
+                .map_or(0, |stream| stream.flush(wait))
+        })
+        .await
+        .unwrap_or(0);
         if left > 0 {
             log::warn!(
                 "kafka: {left} window records still unsent at the shutdown deadline are lost"
