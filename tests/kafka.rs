@@ -66,15 +66,10 @@ fn assert_records_match(records: &[Record], windows: &[Line], secs: i64) {
     }
 }
 
-#[test]
-fn single_node_streams_one_record_per_window() {
-    let _serial = serial();
-    let Some(kafka) = Kafka::start() else {
-        return;
-    };
-    let topic = "verve.single";
+/// A single node with one-second windows streaming to `topic`, plus `extra` flags.
+fn start_streaming(kafka: &Kafka, topic: &str, extra: &[&str]) -> Verve {
     let brokers = kafka.brokers();
-    let mut verve = Verve::start(&[
+    let mut args = vec![
         "--window-secs",
         "1",
         "--grace-ms",
@@ -83,9 +78,19 @@ fn single_node_streams_one_record_per_window() {
         &brokers,
         "--kafka-topic",
         topic,
-        "--kafka-compression",
-        "lz4",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    Verve::start(&args)
+}
+
+#[test]
+fn single_node_streams_one_record_per_window() {
+    let _serial = serial();
+    let Some(kafka) = Kafka::start() else {
+        return;
+    };
+    let topic = "verve.single";
+    let mut verve = start_streaming(&kafka, topic, &["--kafka-compression", "lz4"]);
     let first = sleep_into_next_window(1, 100);
     for k in 0..4 {
         fill_window(&verve, first + k, k * 1000, 10 * (k + 1));
@@ -196,20 +201,12 @@ fn a_broker_outage_delays_records_but_loses_none() {
         return;
     };
     let topic = "verve.outage";
-    let brokers = kafka.brokers();
-    let mut verve = Verve::start(&[
-        "--window-secs",
-        "1",
-        "--grace-ms",
-        "200",
-        "--kafka-brokers",
-        &brokers,
-        "--kafka-topic",
+    // Reconnect within a second of the broker's return (passed through to librdkafka).
+    let mut verve = start_streaming(
+        &kafka,
         topic,
-        // Reconnect within a second of the broker's return (passed through to librdkafka).
-        "--kafka-option",
-        "reconnect.backoff.max.ms=1000",
-    ]);
+        &["--kafka-option", "reconnect.backoff.max.ms=1000"],
+    );
     let first = sleep_into_next_window(1, 100);
     fill_window(&verve, first, 0, 5);
     fill_window(&verve, first + 1, 100, 6);
