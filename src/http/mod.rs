@@ -144,10 +144,11 @@ impl hyper::service::Service<Request<Incoming>> for Service {
 
     fn call(&self, req: Request<Incoming>) -> Answer {
         let uri = req.uri();
-        if uri.path_and_query().map_or(0, |pq| pq.as_str().len()) > MAX_TARGET_LEN {
+        let target_len = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+        if target_len > MAX_TARGET_LEN {
             return Answer::now(answer(&self.shared, Outcome::UriTooLong));
         }
-        if head_len(&req) > self.shared.settings.max_header_bytes as usize {
+        if target_len + header_lines_len(&req) > self.shared.settings.max_header_bytes as usize {
             return Answer::now(answer(&self.shared, Outcome::HeaderTooLarge));
         }
         if req.method() == Method::GET && uri.path() == ACCEPT_PATH && self.routes != Routes::Admin
@@ -158,15 +159,13 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     }
 }
 
-/// The request head's size as sent, near enough: the target and each `name: value` line.
-fn head_len(req: &Request<Incoming>) -> usize {
-    let target = req.uri().path_and_query().map_or(1, |pq| pq.as_str().len());
-    let headers: usize = req
-        .headers()
+/// The header lines' size as sent, near enough: each `name: value\r\n`. With the target's
+/// length, the request head's.
+fn header_lines_len(req: &Request<Incoming>) -> usize {
+    req.headers()
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum();
-    target + headers
+        .sum()
 }
 
 /// The service's future: decided on the spot, or (fleet mode, an id not seen locally)

@@ -5,9 +5,9 @@
 //!
 //! A window is final `grace` after it ends and once the requests admitted to it have finished.
 //! Then its count goes to the count log (always), its record to the stream and its endpoints
-//! to the callback queue. The
-//! reporter wakes at least every [`MAX_NAP`], computing deadlines from the wall clock, so a
-//! clock that steps (either way) is followed: windows are reported in order, each once.
+//! to the callback queue. The reporter wakes at least every [`MAX_NAP`], computing deadlines
+//! from the wall clock, so a clock that steps (either way) is followed: windows are reported
+//! in order, each once.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
