@@ -7,6 +7,8 @@
 //! * [`window`] — time and the local windows: which window a timestamp belongs to, the exact
 //!   per-window id sets, and the in-flight count that tells when a window is final.
 //! * [`store`] — Redis for fleet mode: the key layout and every command the fleet sends.
+//! * [`lanes`] — fleet mode's connection threads: a request, its `SADD` round and its answer
+//!   stay on one thread.
 //! * [`report`] — the window tick: closes each window after its grace, writes its count to
 //!   the count log and hands its endpoints to the callback pool; in fleet mode reads the
 //!   fleet count and elects the instance that sends the window's callbacks.
@@ -25,6 +27,7 @@ pub mod callback;
 pub mod config;
 pub mod countlog;
 pub mod http;
+pub mod lanes;
 pub mod memory;
 pub mod metrics;
 pub mod report;
@@ -46,6 +49,7 @@ use tokio::time::Instant;
 use callback::Callbacks;
 use config::Config;
 use http::Routes;
+use lanes::Lanes;
 use metrics::Metrics;
 use store::Store;
 use stream::Stream;
@@ -60,6 +64,11 @@ pub struct Shared {
     pub callbacks: Callbacks,
     /// Fleet mode's shared store; `None` on a single node.
     pub store: Option<Store>,
+    /// Fleet mode's connection threads; `None` on a single node, whose requests never wait
+    /// and are served on the main runtime.
+    pub lanes: Option<Lanes>,
+    /// The main runtime, where background work runs wherever it is started from.
+    runtime: tokio::runtime::Handle,
     /// The Kafka producer; `None` without `--kafka-brokers`.
     pub stream: Option<Stream>,
     /// False once shutdown began: `/readyz` answers 503 so load balancers drain us.
@@ -74,7 +83,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn new(settings: Config, clock: Arc<dyn Clock>, store: Option<Store>) -> io::Result<Self> {
+    fn new(
+        settings: Config,
+        clock: Arc<dyn Clock>,
+        store: Option<Store>,
+        lanes: Option<Lanes>,
+    ) -> io::Result<Self> {
         let metrics = Arc::new(Metrics::default());
         let stream = match settings.stream_settings() {
             Some(stream) => {
@@ -96,6 +110,8 @@ impl Shared {
             metrics,
             callbacks,
             store,
+            lanes,
+            runtime: tokio::runtime::Handle::current(),
             stream,
             ready: AtomicBool::new(true),
             status: status::Status::default(),
@@ -104,11 +120,11 @@ impl Shared {
         })
     }
 
-    /// Runs `task` in the background, owned by this instance.
+    /// Runs `task` in the background on the main runtime, owned by this instance.
     pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         let mut background = self.background.lock();
         while background.try_join_next().is_some() {}
-        background.spawn(task);
+        background.spawn_on(task, &self.runtime);
     }
 
     /// Waits for background work until `deadline`, then cancels what is left.
@@ -162,16 +178,20 @@ pub async fn run(
         offset_ms: config.clock_offset_ms,
     });
     let deadline = Duration::from_millis(config.shutdown_timeout_ms);
-    let store = match config.store_settings() {
-        Some(settings) => Some(
-            Store::connect(&settings, STORE_CONNECT_TIMEOUT)
+    let (store, lanes) = match config.store_settings() {
+        Some(settings) => {
+            let lanes = Lanes::start(
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            )?;
+            let store = Store::connect(&settings, STORE_CONNECT_TIMEOUT, &lanes)
                 .await
-                .map_err(io::Error::other)?,
-        ),
-        None => None,
+                .map_err(io::Error::other)?;
+            (Some(store), Some(lanes))
+        }
+        None => (None, None),
     };
     let mode = if store.is_some() { "fleet" } else { "single" };
-    let shared = Arc::new(Shared::new(config, clock, store)?);
+    let shared = Arc::new(Shared::new(config, clock, store, lanes)?);
 
     let (finish, finishing) = watch::channel(false);
     let reporter = tokio::spawn(report::run(Arc::clone(&shared), finishing));
@@ -232,6 +252,11 @@ pub async fn run(
     }
     reopener.abort();
     resyncer.abort();
+    // Connections cut at the shutdown deadline hold the shared state: dropped with their
+    // lanes, so that nothing outlives `run`.
+    if let Some(lanes) = &shared.lanes {
+        lanes.stop();
+    }
     Ok(())
 }
 

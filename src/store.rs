@@ -10,14 +10,15 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use fred::prelude::*;
 use fred::types::config::UnresponsiveConfig;
 use fred::types::{Expiration, SetOptions};
 use futures::future::{join_all, try_join_all};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::lanes::Lanes;
 
 /// Ids re-added per `SADD` when an instance refills Redis.
 const READD_BATCH: usize = 1000;
@@ -89,107 +90,120 @@ pub struct Settings {
 
 /// The fleet's view of Redis.
 pub struct Store {
+    /// Everything but the accept path's `SADD`s: expiries, endpoints, counts, leases.
     client: Client,
+    /// The accept path's `SADD`s, one connection and batcher per lane.
+    adders: Vec<Adder>,
     shards: u32,
     prefix: String,
-    /// Bumped on every reconnection; a window opened before the last bump is re-added.
-    epoch: Arc<AtomicU64>,
-    /// Follows reconnections into `epoch`; stopped with the store.
-    epoch_task: tokio::task::JoinHandle<()>,
-    /// Ids for the batcher, which groups them into one `SADD` per shard key.
-    adds: mpsc::Sender<PendingAdd>,
-    /// The batcher; stopped with the store.
-    batcher: tokio::task::JoinHandle<()>,
+    /// Bumped on every reconnection of any of the connections; a window opened before the
+    /// last bump is re-added.
+    epoch: Arc<watch::Sender<u64>>,
+    /// Follow reconnections into `epoch`; stopped with the store.
+    epoch_tasks: Vec<tokio::task::JoinHandle<()>>,
     /// This instance's name in leader leases.
     instance: String,
 }
 
+/// A lane's connection for `SADD`s and the batcher that groups its ids into them.
+struct Adder {
+    client: Client,
+    /// Ids for the batcher, which groups them into one `SADD` per shard key.
+    adds: mpsc::Sender<PendingAdd>,
+    /// The batcher, running on the lane; stopped with the store.
+    batcher: tokio::task::JoinHandle<()>,
+}
+
 impl Drop for Store {
     fn drop(&mut self) {
-        self.epoch_task.abort();
-        self.batcher.abort();
+        for task in &self.epoch_tasks {
+            task.abort();
+        }
+        for adder in &self.adders {
+            adder.batcher.abort();
+        }
     }
 }
 
 impl Store {
-    /// Connects, waiting at most `connect_timeout` for the first connection.
-    pub async fn connect(settings: &Settings, connect_timeout: Duration) -> Result<Self, String> {
-        let mut config = if settings.cluster {
-            Config::from_url_clustered(&settings.url)
-        } else {
-            Config::from_url(&settings.url)
+    /// Connects, waiting at most `connect_timeout` for the first connection: one for the
+    /// fleet's bookkeeping, on the calling runtime, and one per lane for the accept path.
+    pub async fn connect(
+        settings: &Settings,
+        connect_timeout: Duration,
+        lanes: &Lanes,
+    ) -> Result<Self, String> {
+        let client = build_client(settings, connect_timeout)?;
+        init(&client, connect_timeout).await?;
+        let mut adders = Vec::with_capacity(lanes.len());
+        for lane in 0..lanes.len() {
+            let client = build_client(settings, connect_timeout)?;
+            // fred runs a connection's task where it is initialised: on its lane.
+            let started = client.clone();
+            lanes
+                .spawn(lane, async move { init(&started, connect_timeout).await })
+                .await
+                .map_err(|e| format!("--redis-url: cannot connect: {e}"))??;
+            let (adds, queue) = mpsc::channel(ADD_QUEUE);
+            let batcher = lanes.spawn(
+                lane,
+                run_batcher(
+                    client.clone(),
+                    settings.prefix.clone(),
+                    settings.shards,
+                    queue,
+                ),
+            );
+            adders.push(Adder {
+                client,
+                adds,
+                batcher,
+            });
         }
-        .map_err(|e| format!("--redis-url: {}", e.details()))?;
-        if let Some(ca_file) = &settings.ca_file {
-            let tls = tls_trusting(ca_file)
-                .map_err(|e| format!("--redis-ca-file {}: {e}", ca_file.display()))?;
-            config.tls = Some(fred::types::config::TlsConnector::from(tls).into());
-        }
-        let timeout = settings.timeout;
-        let client = Builder::from_config(config)
-            .with_performance_config(|p| p.default_command_timeout = timeout)
-            .with_connection_config(|c| {
-                c.connection_timeout = connect_timeout;
-                c.internal_command_timeout = connect_timeout;
-                // A connection that stops answering is dropped and rebuilt, not waited on.
-                c.unresponsive = UnresponsiveConfig {
-                    max_timeout: Some(timeout * 4),
-                    interval: Duration::from_millis(100),
-                };
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
-            .build()
-            .map_err(|e| format!("--redis-url: {}", e.details()))?;
-        match tokio::time::timeout(connect_timeout, client.init()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(format!("--redis-url: cannot connect: {}", e.details())),
-            Err(_) => return Err("--redis-url: cannot connect: timed out".to_string()),
-        }
-        let epoch = Arc::new(AtomicU64::new(0));
-        let mut reconnects = client.reconnect_rx();
-        let bump = Arc::clone(&epoch);
-        let epoch_task = tokio::spawn(async move {
-            loop {
-                match reconnects.recv().await {
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        bump.fetch_add(1, Ordering::AcqRel);
+        let epoch = Arc::new(watch::Sender::new(0));
+        let epoch_tasks = std::iter::once(&client)
+            .chain(adders.iter().map(|a| &a.client))
+            .map(|client| {
+                let mut reconnects = client.reconnect_rx();
+                let bump = Arc::clone(&epoch);
+                tokio::spawn(async move {
+                    loop {
+                        match reconnects.recv().await {
+                            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                                bump.send_modify(|epoch| *epoch += 1);
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        }
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
-        let (adds, queue) = mpsc::channel(ADD_QUEUE);
-        let batcher = tokio::spawn(run_batcher(
-            client.clone(),
-            settings.prefix.clone(),
-            settings.shards,
-            queue,
-        ));
+                })
+            })
+            .collect();
         let instance = format!("{:016x}", crate::window::Xxh3Seeded::random().hash_one(0u8));
         Ok(Self {
             client,
+            adders,
             shards: settings.shards,
             prefix: settings.prefix.clone(),
             epoch,
-            epoch_task,
-            adds,
-            batcher,
+            epoch_tasks,
             instance,
         })
     }
 
-    /// Reconnection events (the server may have restarted empty).
-    pub fn reconnections(&self) -> tokio::sync::broadcast::Receiver<Server> {
-        self.client.reconnect_rx()
+    /// Follows the reconnection count: changes whenever a connection came back (the server
+    /// may have restarted empty).
+    pub fn reconnections(&self) -> watch::Receiver<u64> {
+        self.epoch.subscribe()
     }
 
+    /// Whether every connection is up.
     pub fn is_connected(&self) -> bool {
-        self.client.is_connected()
+        self.client.is_connected() && self.adders.iter().all(|a| a.client.is_connected())
     }
 
     /// Reconnections so far.
     pub fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        *self.epoch.borrow()
     }
 
     pub fn shards(&self) -> u32 {
@@ -220,15 +234,20 @@ impl Store {
     /// Adds one id to its window's shard set. Ids arriving while a round of `SADD`s is in
     /// flight go together in the next round, one `SADD` per shard key (group commit): the
     /// command count falls as load rises, and each id is answered once Redis holds it.
+    /// Goes through the connection of the lane it runs on (the first lane's off the lanes).
     pub async fn add(&self, window_start: i64, id: i64) -> Result<(), StoreError> {
-        self.check()?;
+        let adder = &self.adders[crate::lanes::current().unwrap_or(0) % self.adders.len()];
+        if !adder.client.is_connected() {
+            return Err(StoreError::Unavailable);
+        }
         let (done, answer) = oneshot::channel();
         let pending = PendingAdd {
             window_start,
             id,
             done,
         };
-        self.adds
+        adder
+            .adds
             .try_send(pending)
             .map_err(|_| StoreError::Unavailable)?;
         // No timer per request: every SADD carries fred's command timeout, so an answer
@@ -370,6 +389,46 @@ impl Store {
             .client
             .smembers(self.window_key(window_start, "endpoints"))
             .await?)
+    }
+}
+
+/// A client for `settings`, not yet connected.
+fn build_client(settings: &Settings, connect_timeout: Duration) -> Result<Client, String> {
+    let mut config = if settings.cluster {
+        Config::from_url_clustered(&settings.url)
+    } else {
+        Config::from_url(&settings.url)
+    }
+    .map_err(|e| format!("--redis-url: {}", e.details()))?;
+    if let Some(ca_file) = &settings.ca_file {
+        let tls = tls_trusting(ca_file)
+            .map_err(|e| format!("--redis-ca-file {}: {e}", ca_file.display()))?;
+        config.tls = Some(fred::types::config::TlsConnector::from(tls).into());
+    }
+    let timeout = settings.timeout;
+    Builder::from_config(config)
+        .with_performance_config(|p| p.default_command_timeout = timeout)
+        .with_connection_config(|c| {
+            c.connection_timeout = connect_timeout;
+            c.internal_command_timeout = connect_timeout;
+            // A connection that stops answering is dropped and rebuilt, not waited on.
+            c.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(timeout * 4),
+                interval: Duration::from_millis(100),
+            };
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
+        .build()
+        .map_err(|e| format!("--redis-url: {}", e.details()))
+}
+
+/// Connects `client` (its connection task runs on the calling runtime), waiting at most
+/// `connect_timeout`; it reconnects by itself from then on.
+async fn init(client: &Client, connect_timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(connect_timeout, client.init()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("--redis-url: cannot connect: {}", e.details())),
+        Err(_) => Err("--redis-url: cannot connect: timed out".to_string()),
     }
 }
 

@@ -96,12 +96,30 @@ pub async fn serve(
             shared: Arc::clone(&shared),
             routes,
         };
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            let _ = connection.await;
-            drop(permit);
-        });
+        match &shared.lanes {
+            None => {
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                    drop(permit);
+                });
+            }
+            Some(lanes) => {
+                // Moved to its lane's runtime: deregistered here, registered there.
+                let Ok(stream) = stream.into_std() else {
+                    continue;
+                };
+                let (builder, watcher) = (builder.clone(), graceful.watcher());
+                lanes.spawn_connection(move || async move {
+                    if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
+                        let connection = builder.serve_connection(TokioIo::new(stream), service);
+                        let _ = watcher.watch(connection).await;
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     let deadline = Duration::from_millis(shared.settings.shutdown_timeout_ms);

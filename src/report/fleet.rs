@@ -130,9 +130,8 @@ pub async fn resync_on_reconnect(shared: Arc<Shared>) {
     };
     let mut reconnects = store.reconnections();
     loop {
-        match reconnects.recv().await {
-            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        if reconnects.changed().await.is_err() {
+            return;
         }
         for window in shared.windows.open() {
             for _ in 0..5 {

@@ -244,7 +244,7 @@ mod clock_tests {
             .map_err(|e| e.message)
             .unwrap();
         let clock = Arc::new(ManualClock(AtomicI64::new(120_500)));
-        let shared = Arc::new(Shared::new(config, clock.clone(), None).unwrap());
+        let shared = Arc::new(Shared::new(config, clock.clone(), None, None).unwrap());
         let (finish, finishing) = watch::channel(false);
         let reporter = tokio::spawn(super::run(Arc::clone(&shared), finishing));
         let set = |ms: i64| clock.0.store(ms, std::sync::atomic::Ordering::SeqCst);
