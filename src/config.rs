@@ -136,6 +136,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub redis_shards: u32,
 
+    /// Fleet mode's connection threads, each with its own Redis connection and `SADD`
+    /// batcher [default: the CPU cores].
+    #[arg(long, env = "VERVE_LANES",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub lanes: Option<u32>,
+
     /// A Redis command not answered in this time fails (the request gets 503).
     #[arg(long, env = "VERVE_REDIS_TIMEOUT_MS", default_value_t = 250,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -361,6 +367,14 @@ impl Config {
         })
     }
 
+    /// How many lanes fleet mode runs: `--lanes`, or one per CPU core.
+    pub fn lanes(&self) -> usize {
+        self.lanes.map_or_else(
+            || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            |lanes| lanes as usize,
+        )
+    }
+
     /// The callback pool's settings.
     pub fn callback_settings(&self) -> callback::Settings {
         callback::Settings {
@@ -425,6 +439,7 @@ mod tests {
             ),
             (&["--redis-url", "http://h"][..], "--redis-url"),
             (&["--redis-shards", "0"][..], "--redis-shards"),
+            (&["--lanes", "0"][..], "--lanes"),
             (&["--kafka-topic", "a topic"][..], "--kafka-topic"),
             (&["--kafka-option", "acks=1"][..], "--kafka-option"),
             (&["--kafka-option", "novalue"][..], "--kafka-option"),

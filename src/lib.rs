@@ -180,9 +180,7 @@ pub async fn run(
     let deadline = Duration::from_millis(config.shutdown_timeout_ms);
     let (store, lanes) = match config.store_settings() {
         Some(settings) => {
-            let lanes = Lanes::start(
-                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
-            )?;
+            let lanes = Lanes::start(config.lanes())?;
             let store = Store::connect(&settings, STORE_CONNECT_TIMEOUT, &lanes)
                 .await
                 .map_err(io::Error::other)?;

@@ -304,7 +304,8 @@ fn accept(shared: &Arc<Shared>, query: &str) -> Answer {
         .endpoint
         .as_deref()
         .is_none_or(|e| window.has_endpoint(e));
-    if endpoint_known && window.contains(query.id) {
+    let seen = window.contains(query.id);
+    if endpoint_known && seen {
         return Answer::now(answer(shared, Outcome::Ok));
     }
     let Some(waiting) = Waiting::enter(shared) else {
@@ -312,11 +313,7 @@ fn accept(shared: &Arc<Shared>, query: &str) -> Answer {
     };
     let endpoint = query.endpoint.map(std::borrow::Cow::into_owned);
     Answer::Later(Box::pin(accept_in_fleet(
-        waiting,
-        Arc::clone(shared),
-        admission,
-        query.id,
-        endpoint,
+        waiting, admission, query.id, seen, endpoint,
     )))
 }
 
@@ -374,29 +371,31 @@ fn register_locally(shared: &Shared, admission: &Admission, endpoint: &str) -> b
 /// Fleet mode: the store decides an id this instance has not seen in the window (one
 /// `SADD`, shared by concurrent requests for the same id) and registers a new endpoint
 /// fleet-wide. Any store failure answers 503: the outcome is unknown, a retry is safe.
+/// `seen`: the id was in the window when the request arrived (only its endpoint is new).
 async fn accept_in_fleet(
-    _waiting: Waiting,
-    shared: Arc<Shared>,
+    waiting: Waiting,
     admission: Admission,
     id: i64,
+    seen: bool,
     endpoint: Option<String>,
 ) -> Response<Body> {
+    let shared = &waiting.0;
     let Some(store) = shared.store.as_ref() else {
-        return answer(&shared, Outcome::Unavailable);
+        return answer(shared, Outcome::Unavailable);
     };
     let window = admission.window();
-    let expiry = expire_at(&shared, window.start);
-    if !window.contains(id) {
+    let expiry = expire_at(shared, window.start);
+    if !seen {
         let started = Instant::now();
         let added = window.add_once(id, || store.add(window.start, id)).await;
         shared.metrics.store_call(started.elapsed(), added.is_ok());
         if let Err(e) = added {
             log::debug!("SADD for window {} failed: {e}", window.start);
-            return answer(&shared, Outcome::Unavailable);
+            return answer(shared, Outcome::Unavailable);
         }
         let shard = store.shard(id);
         if window.touch_shard(shard) {
-            let (owner, start) = (Arc::clone(&shared), window.start);
+            let (owner, start) = (Arc::clone(shared), window.start);
             shared.spawn(async move {
                 if let Some(store) = &owner.store
                     && let Err(e) = store.expire_shard(start, shard, expiry).await
@@ -409,7 +408,7 @@ async fn accept_in_fleet(
     // fred's command futures are several KiB: boxed here, they are only built for a new
     // endpoint instead of being carried (and copied) by every request's future.
     if let Some(endpoint) = endpoint
-        && register_locally(&shared, &admission, &endpoint)
+        && register_locally(shared, &admission, &endpoint)
         && let Err(e) = Box::pin(store.add_endpoint(window.start, &endpoint, expiry)).await
     {
         log::debug!(
@@ -418,10 +417,10 @@ async fn accept_in_fleet(
         );
         window.unregister_endpoint(&endpoint);
         shared.metrics.store_call(Duration::ZERO, false);
-        return answer(&shared, Outcome::Unavailable);
+        return answer(shared, Outcome::Unavailable);
     }
     drop(admission);
-    answer(&shared, Outcome::Ok)
+    answer(shared, Outcome::Ok)
 }
 
 /// The response for an outcome of the accept path, counted in metrics.
