@@ -7,8 +7,10 @@
 # Usage: scripts/bench.sh [SECONDS_PER_RUN] [ROUNDS] [SCENARIO...]   (defaults: 10 3, all)
 # Every run is paired with a bare run just before it; prints each run's rate, p99 (wrk's,
 # indicative) and ratio, the median ratio per scenario, and for the fleet scenarios the Redis
-# commands per request from INFO commandstats. BENCH_CONNECTIONS (64) sets wrk's connections,
-# BENCH_FLEET_ARGS adds flags to the fleet instance (e.g. "--redis-shards 1"). Loopback only.
+# commands per request from INFO commandstats. BENCH_CONNECTIONS (64) sets wrk's connections.
+# The fleet instance runs as the README says to run against one Redis server, with
+# --redis-shards 1; BENCH_FLEET_ARGS replaces its extra flags (BENCH_FLEET_ARGS="" runs the
+# default 16 shards, the layout meant for a cluster). Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -36,7 +38,7 @@ pids+=("$!")
 for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
 start_server fleet_pid fleet_addr "$tmp/fleet.out" target/release/verve \
   --listen 127.0.0.1:0 --log-file "$tmp/fleet.log" --redis-url "redis://127.0.0.1:$redis_port" \
-  ${BENCH_FLEET_ARGS:-}
+  ${BENCH_FLEET_ARGS---redis-shards 1}
 pids+=("$fleet_pid")
 
 run() { # run ADDR SCRIPT -> prints "rate p99 requests"
@@ -51,7 +53,7 @@ run() { # run ADDR SCRIPT -> prints "rate p99 requests"
 redis_calls() { redis-cli -p "$redis_port" info commandstats | awk -F'[:=,]' '/^cmdstat_/ {n += $3} END {print n+0}'; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
-echo "wrk -t2 -c$conns -d${secs}s, $rounds rounds, each run paired with a bare run; bare=$bare_addr single=$single_addr fleet=$fleet_addr redis=:$redis_port"
+echo "wrk -t2 -c$conns -d${secs}s, $rounds rounds, each run paired with a bare run; bare=$bare_addr single=$single_addr fleet=$fleet_addr (${BENCH_FLEET_ARGS---redis-shards 1}) redis=:$redis_port"
 : >"$tmp/bare.rates"
 for s in "${scenarios[@]}"; do : >"$tmp/$s.rates"; : >"$tmp/$s.ratios"; : >"$tmp/$s.cpr"; done
 for r in $(seq 1 "$rounds"); do

@@ -24,7 +24,8 @@ for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && bre
 upstreams=""
 for n in 1 2; do
   start_server pid addr "$dir/verve$n.out" target/release/verve --listen 127.0.0.1:0 \
-    --log-file "$dir/requests-$n.log" --redis-url "redis://127.0.0.1:$redis_port" --window-secs 10
+    --log-file "$dir/requests-$n.log" --redis-url "redis://127.0.0.1:$redis_port" \
+    --redis-shards 1 --window-secs 10
   pids+=("$pid")
   upstreams+="    server $addr;"$'\n'
 done

@@ -63,8 +63,13 @@ fn two_instances_count_the_same_ids_once_and_post_once() {
     let url = redis.url();
     // 24 000 requests must fit in one window even in a debug build on a busy machine.
     const BURST_SECS: i64 = 8;
-    let a = Verve::start(&fleet_args_with_window(&url, "8", &[]));
-    let b = Verve::start(&fleet_args_with_window(&url, "8", &[]));
+    // One lane, and more lanes than most CI machines have cores: the six connections of a
+    // burst spread over b's three lanes, each with its own Redis connection and batcher.
+    let a = Verve::start(&fleet_args_with_window(&url, "8", &["--lanes", "1"]));
+    let b = Verve::start(&fleet_args_with_window(&url, "8", &["--lanes", "3"]));
+    // A connection per lane and one for the bookkeeping: 2 + 4.
+    let clients = redis.cli(&["client", "list"]).lines().count();
+    assert_eq!(clients, 6 + 1, "redis-cli itself is the seventh client");
     let both = receiver.url("/both");
     let only_a = receiver.url("/only-a");
     let mut attempt = 0;
