@@ -25,6 +25,9 @@ const EXPIRY_MARGIN_SECS: i64 = 30;
 /// Pause between tries while Redis is unreachable.
 const RETRY: Duration = Duration::from_millis(500);
 
+/// Longest that re-adding waits after a reconnection for the instance's other connections.
+const RECONNECT_SETTLE: Duration = Duration::from_secs(1);
+
 /// Epoch second at which a window's keys expire: about two windows and the grace after its
 /// start, plus a margin for a late fleet report.
 pub fn expire_at(shared: &Shared, window_start: i64) -> i64 {
@@ -133,6 +136,13 @@ pub async fn resync_on_reconnect(shared: Arc<Shared>) {
         if reconnects.changed().await.is_err() {
             return;
         }
+        // Every connection (one per lane, and the bookkeeping one) comes back soon after the
+        // others: one re-add for all of them, once they are up (or the wait is over).
+        let settled = tokio::time::Instant::now() + RECONNECT_SETTLE;
+        while !store.is_connected() && tokio::time::Instant::now() < settled {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        reconnects.borrow_and_update();
         for window in shared.windows.open() {
             for _ in 0..5 {
                 match resync(&shared, store, &window).await {
