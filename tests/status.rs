@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Receiver, TempDir, Verve, encode, have, rfc3339, sleep_into_next_window, wait_for};
+use common::{
+    Receiver, TempDir, Verve, encode, have, rfc3339, run_ok, sleep_into_next_window, wait_for,
+};
 use serde_json::Value;
 
 fn stats(verve: &Verve, addr: std::net::SocketAddr) -> Value {
@@ -132,7 +134,8 @@ fn admin_listen_moves_metrics_and_the_status_page_off_the_public_listener() {
 /// Runs headless Chromium on `url` with `args`; its stdout.
 fn chromium(url: &str, args: &[&str]) -> String {
     let profile = TempDir::new("chromium");
-    let out = Command::new("chromium")
+    let mut chromium = Command::new("chromium");
+    chromium
         .args([
             "--headless",
             "--no-sandbox",
@@ -145,15 +148,8 @@ fn chromium(url: &str, args: &[&str]) -> String {
         ])
         .arg(format!("--user-data-dir={}", profile.0.display()))
         .args(args)
-        .arg(url)
-        .output()
-        .expect("run chromium");
-    assert!(
-        out.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .arg(url);
+    String::from_utf8_lossy(&run_ok(&mut chromium, "chromium").stdout).into_owned()
 }
 
 /// The chart's bars in a DOM dump: (window_start, count) in drawing order.

@@ -10,7 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::{TempDir, free_port, have, wait_for};
+use super::{TempDir, free_port, have, run_ok, wait_for};
 
 /// How long a broker gets to print its start-up line.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -87,18 +87,14 @@ impl Kafka {
             logs = kafka.dir.0.join("data").display(),
         );
         std::fs::write(kafka.properties(), properties).expect("write server.properties");
-        let format = kafka
-            .java()
-            .args(["kafka.tools.StorageTool", "format", "-t"])
-            .arg("dmVydmUtdGVzdC1jbHVzdGVy")
-            .arg("-c")
-            .arg(kafka.properties())
-            .output()
-            .expect("run kafka-storage format");
-        assert!(
-            format.status.success(),
-            "kafka-storage format failed: {}",
-            String::from_utf8_lossy(&format.stderr)
+        run_ok(
+            kafka
+                .java()
+                .args(["kafka.tools.StorageTool", "format", "-t"])
+                .arg("dmVydmUtdGVzdC1jbHVzdGVy")
+                .arg("-c")
+                .arg(kafka.properties()),
+            "kafka-storage format",
         );
         let mut kafka = kafka;
         kafka.launch();

@@ -507,6 +507,21 @@ pub fn encode(s: &str) -> String {
         .collect()
 }
 
+/// Runs `command` to its end and returns its output; panics, naming `what` and showing what
+/// it printed, unless it succeeded.
+pub fn run_ok(command: &mut Command, what: &str) -> std::process::Output {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     closed_port()
@@ -567,14 +582,9 @@ impl Redis {
         let dir = TempDir::new("redis-tls");
         let path = |f: &str| dir.0.join(f).display().to_string();
         let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .output()
-                .expect("run openssl");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
+            run_ok(
+                Command::new("openssl").args(args),
+                &format!("openssl {args:?}"),
             );
         };
         std::fs::write(path("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
@@ -733,16 +743,12 @@ impl Cluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
-            .expect("redis-cli --cluster create");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
+        run_ok(
+            Command::new("redis-cli")
+                .args(["--cluster", "create"])
+                .args(&addrs)
+                .args(["--cluster-replicas", "0", "--cluster-yes"]),
+            "redis-cli --cluster create",
         );
         let ok = wait_for(Duration::from_secs(20), || {
             nodes
