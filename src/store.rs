@@ -133,6 +133,16 @@ impl Store {
         connect_timeout: Duration,
         lanes: &Lanes,
     ) -> Result<Self, String> {
+        Self::connect_unscrubbed(settings, connect_timeout, lanes)
+            .await
+            .map_err(|message| scrub_password(&settings.url, &message))
+    }
+
+    async fn connect_unscrubbed(
+        settings: &Settings,
+        connect_timeout: Duration,
+        lanes: &Lanes,
+    ) -> Result<Self, String> {
         let client = build_client(settings, connect_timeout)?;
         init(&client, connect_timeout).await?;
         let mut adders = Vec::with_capacity(lanes.len());
@@ -392,6 +402,20 @@ impl Store {
     }
 }
 
+/// `message` with the password of `url` (`scheme://[user:]password@host…`) replaced, so no
+/// error about the Redis URL can print it.
+pub fn scrub_password(url: &str, message: &str) -> String {
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let password = authority
+        .rsplit_once('@')
+        .map(|(userinfo, _)| userinfo.split_once(':').map_or(userinfo, |(_, pw)| pw))
+        .filter(|pw| !pw.is_empty());
+    match password {
+        Some(password) => message.replace(password, "(hidden)"),
+        None => message.to_string(),
+    }
+}
+
 /// A client for `settings`, not yet connected.
 fn build_client(settings: &Settings, connect_timeout: Duration) -> Result<Client, String> {
     let mut config = if settings.cluster {
@@ -502,5 +526,24 @@ async fn run_batcher(
             }
             queued = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scrub_password;
+
+    #[test]
+    fn passwords_never_reach_a_message() {
+        let url = "redis://app:hunter2@db.internal:6379/0";
+        assert_eq!(
+            scrub_password(url, &format!("cannot parse {url}")),
+            "cannot parse redis://app:(hidden)@db.internal:6379/0"
+        );
+        assert_eq!(
+            scrub_password("rediss://:pw@h", "bad pw@h"),
+            "bad (hidden)@h"
+        );
+        assert_eq!(scrub_password("redis://h:1", "down"), "down");
     }
 }

@@ -29,12 +29,30 @@ struct Reports {
     /// When a client error was last logged (epoch seconds), and how many since were not.
     last_error_logged: AtomicU64,
     errors_unlogged: AtomicU64,
+    /// `--kafka-option` values that are credentials: never printed, whatever librdkafka says.
+    secrets: Vec<String>,
+}
+
+/// Whether a librdkafka setting holds a credential (SASL user names and passwords, key
+/// passwords, OAuth client secrets, JAAS configs).
+fn is_secret(key: &str) -> bool {
+    key.starts_with("sasl.") || key.contains("password") || key.contains("secret")
+}
+
+/// `text` with every one of `secrets` replaced.
+fn scrub(secrets: &[String], text: &str) -> String {
+    secrets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .fold(text.to_string(), |text, secret| {
+            text.replace(secret.as_str(), "(hidden)")
+        })
 }
 
 impl ClientContext for Reports {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         // What matters reaches `error` (connection state) or `delivery` (records).
-        log::debug!(target: "librdkafka", "{level:?} {facility}: {message}");
+        log::debug!(target: "librdkafka", "{level:?} {facility}: {}", scrub(&self.secrets, message));
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -53,7 +71,9 @@ impl ClientContext for Reports {
         }
         let unlogged = self.errors_unlogged.swap(0, Ordering::Relaxed);
         log::warn!(
-            "kafka: {error}: {reason} ({unlogged} more since the last report; records wait in the buffer)"
+            "kafka: {}: {} ({unlogged} more since the last report; records wait in the buffer)",
+            scrub(&self.secrets, &error.to_string()),
+            scrub(&self.secrets, reason)
         );
     }
 }
@@ -97,13 +117,23 @@ impl Stream {
             .set("message.timeout.ms", "0")
             .set("queue.buffering.max.messages", settings.buffer.to_string())
             .set("linger.ms", "5");
+        let secrets: Vec<String> = settings
+            .options
+            .iter()
+            .filter(|(key, _)| is_secret(key))
+            .map(|(_, value)| value.clone())
+            .collect();
         let producer: ThreadedProducer<Reports> = config
             .create_with_context(Reports {
                 metrics,
                 last_error_logged: AtomicU64::new(0),
                 errors_unlogged: AtomicU64::new(0),
+                secrets: secrets.clone(),
             })
-            .map_err(|e| format!("--kafka-brokers/--kafka-option: {e}"))?;
+            .map_err(|e| {
+                let shown = scrub(&secrets, &e.to_string());
+                format!("--kafka-brokers/--kafka-option: {shown}")
+            })?;
         Ok(Self {
             producer,
             topic: settings.topic.clone(),
