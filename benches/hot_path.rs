@@ -4,7 +4,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use verve::http::query;
+use verve::http::query::{self, Endpoint, EndpointBuf};
 use verve::window::Windows;
 
 fn parse(c: &mut Criterion) {
@@ -34,38 +34,33 @@ fn insert(c: &mut Criterion) {
     let mut group = c.benchmark_group("window");
     group.throughput(Throughput::Elements(1));
     group.bench_function("admit and insert unique id", |b| {
-        let windows = Windows::new(0, 3600, 1000, 0);
+        let windows = Windows::new(0, 3600, (1000, 100), 0);
         let mut id = 0i64;
         b.iter(|| {
             id += 1;
             windows
                 .admit(black_box(1_000))
-                .window()
-                .insert(black_box(id))
+                .map(|a| a.window().insert(black_box(id)))
         })
     });
     group.bench_function("admit and insert duplicate id", |b| {
-        let windows = Windows::new(0, 3600, 1000, 0);
-        windows.admit(1_000).window().insert(42);
+        let windows = Windows::new(0, 3600, (1000, 100), 0);
+        windows.admit(1_000).map(|a| a.window().insert(42));
         b.iter(|| {
             windows
                 .admit(black_box(1_000))
-                .window()
-                .insert(black_box(42))
+                .map(|a| a.window().insert(black_box(42)))
         })
     });
-    group.bench_function("register known endpoint", |b| {
-        let windows = Windows::new(0, 3600, 1000, 0);
-        windows
-            .admit(1_000)
-            .window()
-            .register_endpoint("https://example.com/hook");
-        b.iter(|| {
-            windows
-                .admit(1_000)
-                .window()
-                .register_endpoint(black_box("https://example.com/hook"))
-        })
+    group.bench_function("parse and register known endpoint", |b| {
+        let windows = Windows::new(0, 3600, (1000, 100), 0);
+        let register = |raw: &str| {
+            let mut buf = EndpointBuf::new();
+            let endpoint = Endpoint::parse(raw, &mut buf).ok()?;
+            Some(windows.admit(1_000)?.window().register_endpoint(&endpoint))
+        };
+        register("https%3A%2F%2Fexample.com%2Fhook");
+        b.iter(|| register(black_box("https%3A%2F%2Fexample.com%2Fhook")))
     });
     group.finish();
 }

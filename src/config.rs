@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use ipnet::IpNet;
 
 use crate::callback;
@@ -56,6 +56,12 @@ pub struct Config {
     #[arg(long, env = "VERVE_CALLBACK_MAX_ENDPOINTS", default_value_t = 1000,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub callback_max_endpoints: u32,
+
+    /// Endpoints kept per window for one registrable domain (or one IPv4 /24, IPv6 /64 of
+    /// IP literals); more are dropped and counted, and their ids still count.
+    #[arg(long, env = "VERVE_CALLBACK_MAX_PER_DOMAIN", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub callback_max_per_domain: u32,
 
     /// Threads delivering callbacks (each holds one delivery at a time).
     #[arg(long, env = "VERVE_CALLBACK_WORKERS", default_value_t = 16,
@@ -211,7 +217,7 @@ impl FromStr for CidrList {
 fn parse_kafka_option(s: &str) -> Result<(String, String), String> {
     let (key, value) = s
         .split_once('=')
-        .ok_or_else(|| format!("'{s}' is not key=value"))?;
+        .ok_or_else(|| "an item is not key=value".to_string())?;
     let key = key.trim();
     if key.is_empty() {
         return Err(format!("'{s}' has no key"));
@@ -238,6 +244,23 @@ pub(crate) fn comma_separated<T>(
         .collect()
 }
 
+/// Flags whose values are secrets (or may hold them): never echoed in an error.
+const SECRET_FLAGS: [&str; 3] = ["--redis-url", "--callback-secret", "--kafka-option"];
+
+/// Clap's first error line without the offending value when the flag is a secret one.
+fn hide_secret_value(e: &clap::Error, first: &str) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let line = first.trim_start_matches("error: ");
+    let secret = matches!(e.get(ContextKind::InvalidArg),
+        Some(ContextValue::String(arg)) if SECRET_FLAGS.iter().any(|f| arg.starts_with(f)));
+    match e.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(value)) if secret && !value.is_empty() => {
+            line.replace(value.as_str(), "(hidden)")
+        }
+        _ => line.to_string(),
+    }
+}
+
 /// Why start-up stops: print the message, exit with the code.
 #[derive(Debug)]
 pub struct ConfigError {
@@ -256,22 +279,26 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let config = Self::try_parse_from(args).map_err(|e| {
-            use clap::error::ErrorKind::{DisplayHelp, DisplayVersion};
-            if matches!(e.kind(), DisplayHelp | DisplayVersion) {
-                ConfigError {
-                    message: e.to_string(),
-                    exit_code: 0,
+        // `--help` never shows what the environment holds: a Redis URL carries a password.
+        let command = Self::command().mut_args(|arg| arg.hide_env_values(true));
+        let config = command
+            .try_get_matches_from(args)
+            .and_then(|matches| Self::from_arg_matches(&matches))
+            .map_err(|e| {
+                use clap::error::ErrorKind::{DisplayHelp, DisplayVersion};
+                if matches!(e.kind(), DisplayHelp | DisplayVersion) {
+                    return ConfigError {
+                        message: e.to_string(),
+                        exit_code: 0,
+                    };
                 }
-            } else {
                 let rendered = e.to_string();
                 let first = rendered.lines().next().unwrap_or("invalid arguments");
                 ConfigError {
-                    message: format!("verve: {}", first.trim_start_matches("error: ")),
+                    message: format!("verve: {}", hide_secret_value(&e, first)),
                     exit_code: 2,
                 }
-            }
-        })?;
+            })?;
         config.validate().map_err(|message| ConfigError {
             message: format!("verve: {message}"),
             exit_code: 2,
@@ -440,6 +467,10 @@ mod tests {
             (&["--redis-url", "http://h"][..], "--redis-url"),
             (&["--redis-shards", "0"][..], "--redis-shards"),
             (&["--lanes", "0"][..], "--lanes"),
+            (
+                &["--callback-max-per-domain", "0"][..],
+                "--callback-max-per-domain",
+            ),
             (&["--kafka-topic", "a topic"][..], "--kafka-topic"),
             (&["--kafka-option", "acks=1"][..], "--kafka-option"),
             (&["--kafka-option", "novalue"][..], "--kafka-option"),

@@ -99,7 +99,10 @@ impl Shared {
         let windows = Windows::new(
             clock.now_ms(),
             i64::from(settings.window_secs),
-            settings.callback_max_endpoints as usize,
+            (
+                settings.callback_max_endpoints as usize,
+                settings.callback_max_per_domain as usize,
+            ),
             store.as_ref().map_or(0, |s| s.shards() as usize),
         );
         let callbacks = Callbacks::start(settings.callback_settings(), Arc::clone(&metrics));
@@ -178,6 +181,7 @@ pub async fn run(
         offset_ms: config.clock_offset_ms,
     });
     let deadline = Duration::from_millis(config.shutdown_timeout_ms);
+    http::raise_descriptor_limit(config.max_connections);
     let (store, lanes) = match config.store_settings() {
         Some(settings) => {
             let lanes = Lanes::start(config.lanes())?;

@@ -158,6 +158,8 @@ pub struct Metrics {
     pub leader_elections: AtomicU64,
     /// Fleet mode: windows whose ids this instance re-added to the store.
     pub resyncs: AtomicU64,
+    /// Endpoints refused because their domain (or address prefix) held the maximum already.
+    pub endpoints_dropped_domain: AtomicU64,
     /// Fleet mode: windows whose fleet report was given up at its deadline.
     pub fleet_reports_abandoned: AtomicU64,
     /// Stream records acknowledged by Kafka.
@@ -261,6 +263,13 @@ impl Metrics {
             "verve_endpoints_dropped_total",
             "Endpoints refused because their window held the maximum already.",
             load(&self.endpoints_dropped),
+        );
+        scalar(
+            &mut out,
+            "counter",
+            "verve_endpoints_dropped_domain_total",
+            "Endpoints refused because their domain or address prefix held --callback-max-per-domain already.",
+            load(&self.endpoints_dropped_domain),
         );
         out.push_str("# HELP verve_callback_attempts_total Callback attempts by result.\n");
         out.push_str("# TYPE verve_callback_attempts_total counter\n");

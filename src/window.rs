@@ -15,6 +15,8 @@ use dashmap::DashMap;
 use parking_lot::RwLock;
 use tokio::sync::OnceCell;
 
+use crate::http::query::Endpoint;
+
 /// Start (epoch seconds) of the `secs`-long, epoch-aligned window holding `now_ms`.
 pub fn window_start(now_ms: i64, secs: i64) -> i64 {
     now_ms.div_euclid(1000).div_euclid(secs) * secs
@@ -97,12 +99,19 @@ pub struct Window {
     /// Window start, epoch seconds.
     pub start: i64,
     ids: DashMap<i64, (), Xxh3Seeded>,
-    endpoints: DashMap<Box<str>, (), Xxh3Seeded>,
+    /// Registered endpoints by [`Endpoint::key`]: normalized, allocated once per window.
+    endpoints: DashMap<u128, Registration, Xxh3Seeded>,
+    /// Endpoints registered per [`Endpoint::domain_key`]; an entry exists only while it
+    /// holds a slot, so the map stays within `max_endpoints`.
+    domains: DashMap<u64, usize, Xxh3Seeded>,
     /// Endpoint slots taken; never exceeds `max_endpoints`, so the set stays bounded.
     endpoint_slots: AtomicUsize,
     max_endpoints: usize,
+    max_per_domain: usize,
     /// Set by the first endpoint refused for want of a slot, so the overflow is logged once.
     endpoints_overflowed: AtomicBool,
+    /// Set by the first endpoint refused because its domain was full, likewise.
+    domain_overflowed: AtomicBool,
     /// Requests admitted to this window and not yet finished.
     inflight: AtomicUsize,
     /// Fleet mode: ids whose `SADD` is in flight, so concurrent requests share one.
@@ -128,6 +137,13 @@ impl Drop for Window {
     }
 }
 
+/// A registered endpoint.
+struct Registration {
+    /// The normalized URL.
+    url: Box<str>,
+    domain: u64,
+}
+
 /// What happened to an endpoint offered to a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Registered {
@@ -135,10 +151,11 @@ pub enum Registered {
     Known,
     /// Newly added.
     Added,
-    /// The window's endpoint set is full; this is the first refusal in the window.
-    FirstOverflow,
-    /// The window's endpoint set is full (already reported once).
-    Overflow,
+    /// The window's endpoint set is full; `first` for the window's first such refusal.
+    Full { first: bool },
+    /// Its domain (or address prefix) holds `--callback-max-per-domain` endpoints already;
+    /// `first` for the window's first such refusal.
+    DomainFull { first: bool },
 }
 
 impl Window {
@@ -148,6 +165,7 @@ impl Window {
         let Shape {
             hasher,
             max_endpoints,
+            max_per_domain,
             store_shards,
             ..
         } = *shape;
@@ -155,9 +173,12 @@ impl Window {
             start,
             ids: DashMap::with_capacity_and_hasher_and_shard_amount(capacity, hasher, SHARDS),
             endpoints: DashMap::with_hasher_and_shard_amount(hasher, 8),
+            domains: DashMap::with_hasher_and_shard_amount(hasher, 8),
             endpoint_slots: AtomicUsize::new(0),
             max_endpoints,
+            max_per_domain,
             endpoints_overflowed: AtomicBool::new(false),
+            domain_overflowed: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             pending: DashMap::with_hasher_and_shard_amount(hasher, SHARDS),
             touched: (0..store_shards).map(|_| AtomicBool::new(false)).collect(),
@@ -180,37 +201,64 @@ impl Window {
         self.ids.len()
     }
 
-    /// Registers a callback endpoint, bounded by `max_endpoints` per window.
-    pub fn register_endpoint(&self, endpoint: &str) -> Registered {
-        if self.endpoints.contains_key(endpoint) {
+    /// Registers a callback endpoint, bounded by `max_endpoints` per window and
+    /// `max_per_domain` per domain. Allocates only when the endpoint is added.
+    pub fn register_endpoint(&self, endpoint: &Endpoint<'_>) -> Registered {
+        let key = endpoint.key();
+        if self.endpoints.contains_key(&key) {
             return Registered::Known;
         }
         if self.endpoint_slots.fetch_add(1, Ordering::AcqRel) >= self.max_endpoints {
             self.endpoint_slots.fetch_sub(1, Ordering::AcqRel);
-            return if self.endpoints_overflowed.swap(true, Ordering::AcqRel) {
-                Registered::Overflow
-            } else {
-                Registered::FirstOverflow
-            };
+            let first = !self.endpoints_overflowed.swap(true, Ordering::AcqRel);
+            return Registered::Full { first };
         }
-        if self.endpoints.insert(endpoint.into(), ()).is_some() {
-            // Another request registered the same endpoint meanwhile: give the slot back.
-            self.endpoint_slots.fetch_sub(1, Ordering::AcqRel);
-            return Registered::Known;
+        let domain = endpoint.domain_key();
+        {
+            let mut taken = self.domains.entry(domain).or_insert(0);
+            if *taken >= self.max_per_domain {
+                drop(taken);
+                self.endpoint_slots.fetch_sub(1, Ordering::AcqRel);
+                let first = !self.domain_overflowed.swap(true, Ordering::AcqRel);
+                return Registered::DomainFull { first };
+            }
+            *taken += 1;
         }
-        Registered::Added
+        match self.endpoints.entry(key) {
+            dashmap::Entry::Occupied(_) => {
+                // Another request registered the same endpoint meanwhile: give the slots back.
+                self.release(domain);
+                Registered::Known
+            }
+            dashmap::Entry::Vacant(vacant) => {
+                vacant.insert(Registration {
+                    url: endpoint.as_str().into(),
+                    domain,
+                });
+                Registered::Added
+            }
+        }
+    }
+
+    /// Gives back an endpoint slot and its domain's.
+    fn release(&self, domain: u64) {
+        self.endpoint_slots.fetch_sub(1, Ordering::AcqRel);
+        if let Some(mut taken) = self.domains.get_mut(&domain) {
+            *taken = taken.saturating_sub(1);
+        }
+        self.domains.remove_if(&domain, |_, taken| *taken == 0);
     }
 
     /// Takes back an endpoint whose fleet-wide registration failed.
-    pub fn unregister_endpoint(&self, endpoint: &str) {
-        if self.endpoints.remove(endpoint).is_some() {
-            self.endpoint_slots.fetch_sub(1, Ordering::AcqRel);
+    pub fn unregister_endpoint(&self, endpoint: &Endpoint<'_>) {
+        if let Some((_, registration)) = self.endpoints.remove(&endpoint.key()) {
+            self.release(registration.domain);
         }
     }
 
     /// Whether the endpoint is registered in this window.
-    pub fn has_endpoint(&self, endpoint: &str) -> bool {
-        self.endpoints.contains_key(endpoint)
+    pub fn has_endpoint(&self, endpoint: &Endpoint<'_>) -> bool {
+        self.endpoints.contains_key(&endpoint.key())
     }
 
     /// The ids of this window (for re-adding them to the store).
@@ -249,9 +297,12 @@ impl Window {
             .collect()
     }
 
-    /// The endpoints registered in this window.
+    /// The endpoints registered in this window, normalized.
     pub fn endpoints(&self) -> Vec<Box<str>> {
-        self.endpoints.iter().map(|e| e.key().clone()).collect()
+        self.endpoints
+            .iter()
+            .map(|e| e.value().url.clone())
+            .collect()
     }
 
     /// Requests admitted and still running.
@@ -284,6 +335,8 @@ pub struct Windows {
     shape: Shape,
     /// `[older, newer]`, `newer.start == older.start + secs`. Written once per window.
     open: RwLock<[Arc<Window>; 2]>,
+    /// Set by [`Windows::close`] at shutdown; read under `open`'s read lock.
+    closed: AtomicBool,
 }
 
 /// What every window of an instance is made with.
@@ -292,18 +345,26 @@ struct Shape {
     secs: i64,
     hasher: Xxh3Seeded,
     max_endpoints: usize,
+    max_per_domain: usize,
     /// Store shards per window in fleet mode; 0 on a single node.
     store_shards: usize,
 }
 
 impl Windows {
-    /// Opens the window holding `now_ms` and the one after it. `store_shards` is the number
-    /// of store shards per window in fleet mode, 0 on a single node.
-    pub fn new(now_ms: i64, secs: i64, max_endpoints: usize, store_shards: usize) -> Self {
+    /// Opens the window holding `now_ms` and the one after it, each holding at most
+    /// `max_endpoints` endpoints and `max_per_domain` per domain. `store_shards` is the
+    /// number of store shards per window in fleet mode, 0 on a single node.
+    pub fn new(
+        now_ms: i64,
+        secs: i64,
+        (max_endpoints, max_per_domain): (usize, usize),
+        store_shards: usize,
+    ) -> Self {
         let shape = Shape {
             secs,
             hasher: Xxh3Seeded::random(),
             max_endpoints,
+            max_per_domain,
             store_shards,
         };
         let first = window_start(now_ms, secs);
@@ -314,6 +375,7 @@ impl Windows {
         Self {
             shape,
             open: RwLock::new(open),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -325,9 +387,13 @@ impl Windows {
     /// Admits a request arriving at `now_ms` to its window. A time before the older open
     /// window (the clock stepped back into a reported window) lands in the older one; a time
     /// past the newer one (the reporter has not rotated yet) lands in the newer one.
-    pub fn admit(&self, now_ms: i64) -> Admission {
+    /// `None` once [`Windows::close`] ran: the open window's line may be written already.
+    pub fn admit(&self, now_ms: i64) -> Option<Admission> {
         let start = window_start(now_ms, self.shape.secs);
         let open = self.open.read();
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
         let window = if start >= open[1].start {
             &open[1]
         } else {
@@ -336,9 +402,16 @@ impl Windows {
         // Incremented under the read lock: once `rotate` has taken the write lock, every
         // admission to the window it removes is visible in `inflight`.
         window.inflight.fetch_add(1, Ordering::AcqRel);
-        Admission {
+        Some(Admission {
             window: Arc::clone(window),
-        }
+        })
+    }
+
+    /// Admits nothing from now on (shutdown's last rotation). Under the write lock: every
+    /// admission made before is visible in its window's `inflight` once this returns.
+    pub fn close(&self) {
+        let _open = self.open.write();
+        self.closed.store(true, Ordering::Release);
     }
 
     /// Both open windows, older first.
@@ -400,6 +473,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::query::EndpointBuf;
 
     #[test]
     fn window_start_is_epoch_aligned() {
@@ -428,9 +502,9 @@ mod tests {
 
     #[test]
     fn counts_distinct_ids() {
-        let w = Windows::new(120_000, 60, 10, 0);
+        let w = Windows::new(120_000, 60, (10, 10), 0);
         for id in [1, 2, 2, 3, 1, -1, i64::MIN, i64::MAX] {
-            w.admit(125_000).window().insert(id);
+            w.admit(125_000).unwrap().window().insert(id);
         }
         assert_eq!(w.open()[0].count(), 6);
         assert_eq!(w.open()[1].count(), 0);
@@ -438,21 +512,35 @@ mod tests {
 
     #[test]
     fn admits_by_arrival_time_and_clamps_to_open_windows() {
-        let w = Windows::new(120_000, 60, 10, 0);
+        let w = Windows::new(120_000, 60, (10, 10), 0);
         let [older, newer] = w.open();
         assert_eq!((older.start, newer.start), (120, 180));
-        w.admit(179_999).window().insert(1); // older
-        w.admit(180_000).window().insert(2); // newer
-        w.admit(10_000).window().insert(3); // clock stepped back: the older open window
-        w.admit(900_000).window().insert(4); // far ahead of the reporter: the newer one
+        w.admit(179_999).unwrap().window().insert(1); // older
+        w.admit(180_000).unwrap().window().insert(2); // newer
+        w.admit(10_000).unwrap().window().insert(3); // clock stepped back: the older open window
+        w.admit(900_000).unwrap().window().insert(4); // far ahead of the reporter: the newer one
         assert_eq!(older.count(), 2);
         assert_eq!(newer.count(), 2);
     }
 
     #[test]
+    fn a_closed_set_admits_nothing() {
+        let w = Windows::new(120_000, 60, (10, 10), 0);
+        let held = w.admit(130_000).unwrap();
+        w.close();
+        assert!(w.admit(130_000).is_none());
+        assert!(w.admit(190_000).is_none());
+        assert_eq!(
+            held.window().inflight(),
+            1,
+            "admitted before: still counted"
+        );
+    }
+
+    #[test]
     fn rotation_hands_back_the_older_window_and_opens_the_next() {
-        let w = Windows::new(120_000, 60, 10, 0);
-        let held = w.admit(130_000);
+        let w = Windows::new(120_000, 60, (10, 10), 0);
+        let held = w.admit(130_000).unwrap();
         held.window().insert(7);
         let closed = w.rotate(0);
         assert_eq!(closed.start, 120);
@@ -467,44 +555,75 @@ mod tests {
         let [older, newer] = w.open();
         assert_eq!((older.start, newer.start), (180, 240));
         // A late request for the closed window now counts in the oldest open one.
-        w.admit(130_000).window().insert(8);
+        w.admit(130_000).unwrap().window().insert(8);
         assert_eq!(older.count(), 1);
         assert_eq!(closed.count(), 1);
     }
 
+    /// Parses `url` and offers it to `window`.
+    fn offer(window: &Window, url: &str) -> Registered {
+        let mut buf = EndpointBuf::new();
+        window.register_endpoint(&Endpoint::parse(url, &mut buf).unwrap())
+    }
+
     #[test]
     fn endpoints_are_bounded_per_window() {
-        let w = Windows::new(0, 60, 2, 0);
-        let win = w.admit(0);
+        let w = Windows::new(0, 60, (2, 2), 0);
+        let win = w.admit(0).unwrap();
         let win = win.window();
-        assert_eq!(win.register_endpoint("http://a/"), Registered::Added);
-        assert_eq!(win.register_endpoint("http://a/"), Registered::Known);
-        assert_eq!(win.register_endpoint("http://b/"), Registered::Added);
-        assert_eq!(
-            win.register_endpoint("http://c/"),
-            Registered::FirstOverflow
-        );
-        assert_eq!(win.register_endpoint("http://d/"), Registered::Overflow);
-        assert_eq!(win.register_endpoint("http://a/"), Registered::Known);
-        win.unregister_endpoint("http://b/");
-        assert_eq!(win.register_endpoint("http://c/"), Registered::Added);
+        assert_eq!(offer(win, "http://a/"), Registered::Added);
+        assert_eq!(offer(win, "http://a/"), Registered::Known);
+        assert_eq!(offer(win, "HTTP://A:80"), Registered::Known, "one target");
+        assert_eq!(offer(win, "http://b/"), Registered::Added);
+        assert_eq!(offer(win, "http://c/"), Registered::Full { first: true });
+        assert_eq!(offer(win, "http://d/"), Registered::Full { first: false });
+        assert_eq!(offer(win, "http://a/"), Registered::Known);
+        let mut buf = EndpointBuf::new();
+        win.unregister_endpoint(&Endpoint::parse("http://b/", &mut buf).unwrap());
+        assert_eq!(offer(win, "http://c/"), Registered::Added);
         let mut eps = win.endpoints();
         eps.sort();
         assert_eq!(eps, vec![Box::<str>::from("http://a/"), "http://c/".into()]);
     }
 
     #[test]
+    fn endpoints_are_bounded_per_domain() {
+        let w = Windows::new(0, 60, (10, 2), 0);
+        let win = w.admit(0).unwrap();
+        let win = win.window();
+        assert_eq!(offer(win, "http://a.evil.com/"), Registered::Added);
+        assert_eq!(offer(win, "http://b.evil.com/"), Registered::Added);
+        assert_eq!(
+            offer(win, "http://c.evil.com/"),
+            Registered::DomainFull { first: true }
+        );
+        assert_eq!(
+            offer(win, "http://evil.com/x"),
+            Registered::DomainFull { first: false }
+        );
+        assert_eq!(offer(win, "http://127.0.0.2/"), Registered::Added);
+        assert_eq!(offer(win, "http://127.0.0.3/"), Registered::Added);
+        assert_eq!(
+            offer(win, "http://127.0.0.4/"),
+            Registered::DomainFull { first: false }
+        );
+        assert_eq!(offer(win, "http://127.1.0.1/"), Registered::Added);
+        assert_eq!(offer(win, "https://good.example/"), Registered::Added);
+        assert_eq!(win.endpoints().len(), 6);
+    }
+
+    #[test]
     fn concurrent_inserts_count_exactly() {
-        let w = Arc::new(Windows::new(0, 60, 1, 0));
+        let w = Arc::new(Windows::new(0, 60, (1, 1), 0));
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let w = Arc::clone(&w);
                 std::thread::spawn(move || {
                     for i in 0..50_000i64 {
                         // Every thread sends the same ids, half of them once more.
-                        w.admit(1_000).window().insert(i);
+                        w.admit(1_000).unwrap().window().insert(i);
                         if (i + t) % 2 == 0 {
-                            w.admit(1_000).window().insert(i);
+                            w.admit(1_000).unwrap().window().insert(i);
                         }
                     }
                 })
@@ -524,7 +643,7 @@ mod fleet_tests {
 
     #[tokio::test]
     async fn concurrent_adds_of_one_id_share_one_store_call() {
-        let windows = Windows::new(0, 60, 1, 4);
+        let windows = Windows::new(0, 60, (1, 1), 4);
         let window = Arc::clone(&windows.open()[0]);
         let calls = AtomicUsize::new(0);
         let add = || async {
@@ -557,7 +676,7 @@ mod fleet_tests {
 
     #[test]
     fn shards_are_touched_once() {
-        let windows = Windows::new(0, 60, 1, 4);
+        let windows = Windows::new(0, 60, (1, 1), 4);
         let window = &windows.open()[0];
         assert!(window.touch_shard(2));
         assert!(!window.touch_shard(2));

@@ -176,6 +176,7 @@ fn shutdown_under_load_loses_no_answered_id_and_posts_no_partial_window() {
     );
     let partial: Vec<_> = windows.iter().filter(|l| l.partial()).collect();
     assert_eq!(partial.len(), 1, "exactly the open window is partial");
+    assert_eq!(partial[0].get("reason"), "shutdown", "{}", partial[0].raw);
     assert_eq!(
         windows.last().unwrap().raw,
         partial[0].raw,

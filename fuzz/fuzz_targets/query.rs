@@ -48,10 +48,11 @@ fuzz_target!(|data: &[u8]| {
             parse(&format!("id={}", query.id)).map(|q| q.id),
             Ok(query.id)
         );
-        if let Some(endpoint) = &query.endpoint {
-            assert!(!endpoint.is_empty() && endpoint.len() <= MAX_ENDPOINT_LEN);
-            let lower = endpoint.to_ascii_lowercase();
-            assert!(lower.starts_with("http://") || lower.starts_with("https://"));
+        if let Some(raw) = query.endpoint {
+            let endpoint = parse_endpoint(raw).expect("an accepted query's endpoint parses");
+            assert!(!endpoint.is_empty() && endpoint.len() <= MAX_ENDPOINT_LEN + 1);
+            assert!(endpoint.starts_with("http://") || endpoint.starts_with("https://"));
+            assert!(endpoint.bytes().all(|b| b.is_ascii_graphic() && b != b'#'));
         }
     }
     assert_eq!(parse_id(text).ok(), reference_id(text), "id {text:?}");

@@ -18,7 +18,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use ureq::Agent;
 
-use crate::countlog;
+use crate::countlog::Entry;
 use crate::metrics::{Attempt, Metrics};
 use guard::{Guard, GuardedResolver};
 
@@ -176,12 +176,19 @@ impl Callbacks {
     pub async fn close(&self, deadline: Duration) {
         self.sender.lock().take();
         let workers = std::mem::take(&mut *self.workers.lock());
-        let joined = tokio::task::spawn_blocking(move || {
-            for worker in workers {
-                let _ = worker.join();
-            }
-        });
-        if tokio::time::timeout(deadline, joined).await.is_err() {
+        // Joined on a plain thread, not the runtime's blocking pool: the runtime waits for its
+        // blocking tasks when it is dropped, so a worker stuck in an attempt would hold the
+        // exit past the deadline.
+        let (joined, all_joined) = tokio::sync::oneshot::channel();
+        let joiner = std::thread::Builder::new()
+            .name("verve-callback-join".into())
+            .spawn(move || {
+                for worker in workers {
+                    let _ = worker.join();
+                }
+                let _ = joined.send(());
+            });
+        if joiner.is_err() || tokio::time::timeout(deadline, all_joined).await.is_err() {
             self.abandon.store(true, Ordering::Release);
             log::warn!("callback deliveries still pending at the shutdown deadline were abandoned");
         }
@@ -232,7 +239,16 @@ impl Worker {
     }
 
     fn deliver(&self, delivery: &mut Delivery) {
-        let shown = redact(&delivery.endpoint);
+        // Logged as its origin and id only: paths and queries often carry tokens.
+        let origin = origin(&delivery.endpoint);
+        let id = sign::endpoint_id(&delivery.endpoint, self.settings.signer.as_ref());
+        let line = |attempt: u32| {
+            Entry::new("callback")
+                .field("endpoint", origin)
+                .field("endpoint_id", &id)
+                .field("window_start", &delivery.window_start)
+                .field("attempt", attempt)
+        };
         for attempt in 1..=self.settings.attempts {
             if self.abandon.load(Ordering::Acquire) {
                 return;
@@ -247,16 +263,12 @@ impl Worker {
                     } else {
                         Attempt::Status
                     });
-                    log::info!(target: countlog::TARGET,
-                        "callback endpoint={shown} window_start={} attempt={attempt} status={status}",
-                        delivery.window_start);
+                    line(attempt).field("status", status).write();
                     status == 429 || status >= 500
                 }
                 Outcome::Failed(kind, word) => {
                     self.metrics.attempt(kind);
-                    log::info!(target: countlog::TARGET,
-                        "callback endpoint={shown} window_start={} attempt={attempt} error={word}",
-                        delivery.window_start);
+                    line(attempt).field("error", word).write();
                     matches!(kind, Attempt::Timeout | Attempt::Connect)
                 }
             };
@@ -301,28 +313,30 @@ impl Worker {
                 Outcome::Failed(Attempt::Connect, "connect")
             }
             Err(e) => {
-                log::debug!("callback to {}: {e}", redact(&delivery.endpoint));
+                log::debug!("callback to {}: {e}", origin(&delivery.endpoint));
                 Outcome::Failed(Attempt::Error, "protocol")
             }
         }
     }
 }
 
-/// The endpoint as logged: its query string, which may carry secrets, becomes `?…`.
-pub fn redact(endpoint: &str) -> std::borrow::Cow<'_, str> {
-    match endpoint.split_once('?') {
-        Some((base, _)) => format!("{base}?…").into(),
-        None => endpoint.into(),
-    }
+/// `scheme://host[:port]` of a normalized endpoint: all of it the count log shows.
+pub fn origin(endpoint: &str) -> &str {
+    let authority = endpoint.find("://").map_or(0, |i| i + 3);
+    let end = endpoint[authority..]
+        .find(['/', '?'])
+        .map_or(endpoint.len(), |i| authority + i);
+    &endpoint[..end]
 }
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::origin;
 
     #[test]
-    fn redacts_query_strings() {
-        assert_eq!(redact("http://a/hook?token=s3cret"), "http://a/hook?…");
-        assert_eq!(redact("http://a/hook"), "http://a/hook");
+    fn origins_drop_paths_and_queries() {
+        assert_eq!(origin("http://a/hook?token=s3cret"), "http://a");
+        assert_eq!(origin("https://a.b:8443/T/B/secret"), "https://a.b:8443");
+        assert_eq!(origin("http://[::1]/"), "http://[::1]");
     }
 }

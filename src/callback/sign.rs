@@ -39,6 +39,11 @@ impl Signer {
         })
     }
 
+    /// HMAC-SHA256 of `message` under the key.
+    fn tag(&self, message: &[u8]) -> hmac::Tag {
+        hmac::sign(&self.key, message)
+    }
+
     /// The `webhook-signature` value for one attempt.
     pub fn signature(&self, id: &str, timestamp: u64, body: &str) -> String {
         let mut context = hmac::Context::with_key(&self.key);
@@ -51,9 +56,33 @@ impl Signer {
     }
 }
 
+/// The `endpoint_id` the count log shows for a normalized endpoint (SPEC §4.2): the first 8
+/// bytes, in hex, of its SHA-256, or of its HMAC-SHA256 under the callback secret when one is
+/// set (so that an endpoint holding a short token cannot be guessed from its id). Stable
+/// across instances and restarts.
+pub fn endpoint_id(endpoint: &str, signer: Option<&Signer>) -> String {
+    let digest: Vec<u8> = match signer {
+        Some(signer) => signer.tag(endpoint.as_bytes()).as_ref().to_vec(),
+        None => ring::digest::digest(&ring::digest::SHA256, endpoint.as_bytes())
+            .as_ref()
+            .to_vec(),
+    };
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Signer;
+    use super::{Signer, endpoint_id};
+
+    /// Independent values: `printf %s URL | sha256sum` and
+    /// `printf %s URL | openssl dgst -sha256 -hmac s3cret`.
+    #[test]
+    fn endpoint_ids_are_truncated_sha256_or_hmac() {
+        let url = "https://example.com/hook";
+        assert_eq!(endpoint_id(url, None), "19f1352238b91533");
+        let signer = Signer::new("s3cret").unwrap();
+        assert_eq!(endpoint_id(url, Some(&signer)), "41a631560f649325");
+    }
 
     /// The example from the Standard Webhooks specification.
     #[test]

@@ -22,12 +22,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 use crate::Shared;
 use crate::metrics::Outcome;
 use crate::report::fleet::expire_at;
 use crate::window::{Admission, Registered};
+use query::{Endpoint, EndpointBuf};
 
 /// The counted path.
 pub const ACCEPT_PATH: &str = "/api/verve/accept";
@@ -69,6 +70,10 @@ pub async fn serve(
     // One permit per open connection: at the limit the loop stops accepting, and new
     // connections wait in the kernel's backlog.
     let connections = Arc::new(Semaphore::new(shared.settings.max_connections as usize));
+    // Turned true at the shutdown deadline: every connection still open is cut, so none can
+    // be answered after the reporter has written the open window's line.
+    let (cut, cutting) = watch::channel(false);
+    let mut accept_errors = AcceptErrors::default();
     loop {
         let permit = tokio::select! {
             biased;
@@ -82,12 +87,18 @@ pub async fn serve(
             biased;
             _ = &mut draining => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok((stream, _)) => {
+                    accept_errors.succeeded();
+                    stream
+                }
                 Err(e) => {
                     // Out of descriptors and the like: back off instead of spinning.
-                    log::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
+                    let pause = accept_errors.failed(&e);
+                    tokio::select! {
+                        biased;
+                        _ = &mut draining => break,
+                        _ = tokio::time::sleep(pause) => continue,
+                    }
                 }
             },
         };
@@ -100,8 +111,9 @@ pub async fn serve(
             None => {
                 let connection = builder.serve_connection(TokioIo::new(stream), service);
                 let connection = graceful.watch(connection);
+                let cutting = cutting.clone();
                 tokio::spawn(async move {
-                    let _ = connection.await;
+                    until_cut(connection, cutting).await;
                     drop(permit);
                 });
             }
@@ -111,10 +123,11 @@ pub async fn serve(
                     continue;
                 };
                 let (builder, watcher) = (builder.clone(), graceful.watcher());
+                let cutting = cutting.clone();
                 lanes.spawn_connection(move || async move {
                     if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
                         let connection = builder.serve_connection(TokioIo::new(stream), service);
-                        let _ = watcher.watch(connection).await;
+                        until_cut(watcher.watch(connection), cutting).await;
                     }
                     drop(permit);
                 });
@@ -127,7 +140,59 @@ pub async fn serve(
         .await
         .is_err()
     {
+        let _ = cut.send(true);
         log::warn!("connections still open at the shutdown deadline were cut");
+    }
+    // A connection task may not have seen the cut yet: wait until every permit is back.
+    let all = shared.settings.max_connections;
+    let _ = tokio::time::timeout(CUT_GRACE, connections.acquire_many(all)).await;
+}
+
+/// How long `serve` waits for cut connections to be dropped.
+const CUT_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves `connection` until it ends or `cutting` turns true (then drops it: the socket
+/// closes, whatever the client is still sending).
+async fn until_cut(connection: impl Future, mut cutting: watch::Receiver<bool>) {
+    tokio::select! {
+        _ = connection => {}
+        _ = cutting.wait_for(|cut| *cut) => {}
+    }
+}
+
+/// The accept loop's failures (out of descriptors, say): the pause before the next try
+/// doubles up to a second, and one warning a second at most says how many there were.
+#[derive(Default)]
+struct AcceptErrors {
+    pause: Duration,
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    const FIRST_PAUSE: Duration = Duration::from_millis(10);
+    const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+    fn succeeded(&mut self) {
+        self.pause = Duration::ZERO;
+    }
+
+    /// Counts `e`, maybe logs it; how long to pause before accepting again.
+    fn failed(&mut self, e: &std::io::Error) -> Duration {
+        self.unlogged += 1;
+        if self
+            .last_logged
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            log::warn!(
+                "accept failed: {e} ({} failures since the last warning); pausing accepts",
+                self.unlogged
+            );
+            self.last_logged = Some(Instant::now());
+            self.unlogged = 0;
+        }
+        self.pause = (self.pause * 2).clamp(Self::FIRST_PAUSE, Self::MAX_PAUSE);
+        self.pause
     }
 }
 
@@ -267,43 +332,52 @@ fn typed(body: Bytes, content_type: &'static str) -> Response<Body> {
 /// node, or in fleet mode for an id and endpoint this instance has seen in the window, that
 /// is decided here; otherwise the store decides.
 fn accept(shared: &Arc<Shared>, query: &str) -> Answer {
-    let query = match query::parse(query) {
+    let query = match query::parse_params(query) {
         Ok(query) => query,
         Err(e) => {
             log::debug!("bad accept query: {e:?}");
             return Answer::now(answer(shared, Outcome::BadRequest));
         }
     };
-    let query = if query
-        .endpoint
-        .as_deref()
-        .is_some_and(|e| !shared.settings.callback_hosts.permits_url(e))
-    {
-        // Not a host callbacks may go to: the id counts, the endpoint is not registered.
-        shared
-            .metrics
-            .endpoints_refused
-            .fetch_add(1, Ordering::Relaxed);
-        query::Query {
-            endpoint: None,
-            ..query
+    // Decoded and normalized on this stack frame: nothing is allocated for an endpoint
+    // unless it is registered for the first time.
+    let mut buf;
+    let endpoint = match query.endpoint {
+        None => None,
+        Some(raw) => {
+            buf = EndpointBuf::new();
+            match Endpoint::parse(raw, &mut buf) {
+                Ok(endpoint) => Some(endpoint),
+                Err(e) => {
+                    log::debug!("bad accept query: {e:?}");
+                    return Answer::now(answer(shared, Outcome::BadRequest));
+                }
+            }
         }
-    } else {
-        query
     };
-    let admission = shared.windows.admit(shared.clock.now_ms());
+    let endpoint = match endpoint {
+        Some(e) if !shared.settings.callback_hosts.permits(e.host()) => {
+            // Not a host callbacks may go to: the id counts, the endpoint is not registered.
+            shared
+                .metrics
+                .endpoints_refused
+                .fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        endpoint => endpoint,
+    };
+    let Some(admission) = shared.windows.admit(shared.clock.now_ms()) else {
+        return Answer::now(answer(shared, Outcome::Unavailable)); // shut down: counted no more
+    };
     let window = admission.window();
     if shared.store.is_none() {
         window.insert(query.id);
-        if let Some(endpoint) = &query.endpoint {
+        if let Some(endpoint) = &endpoint {
             register_locally(shared, &admission, endpoint);
         }
         return Answer::now(answer(shared, Outcome::Ok));
     }
-    let endpoint_known = query
-        .endpoint
-        .as_deref()
-        .is_none_or(|e| window.has_endpoint(e));
+    let endpoint_known = endpoint.as_ref().is_none_or(|e| window.has_endpoint(e));
     let seen = window.contains(query.id);
     if endpoint_known && seen {
         return Answer::now(answer(shared, Outcome::Ok));
@@ -311,7 +385,10 @@ fn accept(shared: &Arc<Shared>, query: &str) -> Answer {
     let Some(waiting) = Waiting::enter(shared) else {
         return Answer::now(answer(shared, Outcome::Unavailable));
     };
-    let endpoint = query.endpoint.map(std::borrow::Cow::into_owned);
+    // The future outlives this frame: the endpoint moves into it (normalized, allocated once).
+    let endpoint = endpoint
+        .filter(|_| !endpoint_known)
+        .map(|e| e.as_str().to_owned());
     Answer::Later(Box::pin(accept_in_fleet(
         waiting, admission, query.id, seen, endpoint,
     )))
@@ -342,27 +419,37 @@ impl Drop for Waiting {
 }
 
 /// Registers an endpoint in the local window (bounded); true when newly added.
-fn register_locally(shared: &Shared, admission: &Admission, endpoint: &str) -> bool {
-    match admission.window().register_endpoint(endpoint) {
+fn register_locally(shared: &Shared, admission: &Admission, endpoint: &Endpoint<'_>) -> bool {
+    let window = admission.window();
+    match window.register_endpoint(endpoint) {
         Registered::Added => true,
         Registered::Known => false,
-        Registered::FirstOverflow => {
+        Registered::Full { first } => {
             shared
                 .metrics
                 .endpoints_dropped
                 .fetch_add(1, Ordering::Relaxed);
-            log::warn!(
-                "window {} holds {} endpoints already; further endpoints are dropped",
-                admission.window().start,
-                shared.settings.callback_max_endpoints
-            );
+            if first {
+                log::warn!(
+                    "window {} holds {} endpoints already; further endpoints are dropped",
+                    window.start,
+                    shared.settings.callback_max_endpoints
+                );
+            }
             false
         }
-        Registered::Overflow => {
+        Registered::DomainFull { first } => {
             shared
                 .metrics
-                .endpoints_dropped
+                .endpoints_dropped_domain
                 .fetch_add(1, Ordering::Relaxed);
+            if first {
+                log::warn!(
+                    "window {}: a domain holds {} endpoints already; its further endpoints are dropped",
+                    window.start,
+                    shared.settings.callback_max_per_domain
+                );
+            }
             false
         }
     }
@@ -408,19 +495,29 @@ async fn accept_in_fleet(
     // fred's command futures are several KiB: boxed here, they are only built for a new
     // endpoint instead of being carried (and copied) by every request's future.
     if let Some(endpoint) = endpoint
-        && register_locally(shared, &admission, &endpoint)
+        && with_endpoint(&endpoint, |e| register_locally(shared, &admission, e))
         && let Err(e) = Box::pin(store.add_endpoint(window.start, &endpoint, expiry)).await
     {
         log::debug!(
             "registering an endpoint for window {} failed: {e}",
             window.start
         );
-        window.unregister_endpoint(&endpoint);
+        with_endpoint(&endpoint, |e| {
+            window.unregister_endpoint(e);
+            true
+        });
         shared.metrics.store_call(Duration::ZERO, false);
         return answer(shared, Outcome::Unavailable);
     }
     drop(admission);
     answer(shared, Outcome::Ok)
+}
+
+/// Runs `f` on a normalized endpoint held by a request's future (its buffer lives on the
+/// stack of this call only, not in the future); false if it does not parse.
+fn with_endpoint(url: &str, f: impl FnOnce(&Endpoint<'_>) -> bool) -> bool {
+    let mut buf = EndpointBuf::new();
+    Endpoint::parse_decoded(url, &mut buf).is_ok_and(|e| f(&e))
 }
 
 /// The response for an outcome of the accept path, counted in metrics.
@@ -454,4 +551,47 @@ fn text(status: StatusCode, body: Bytes) -> Response<Body> {
     *response.status_mut() = status;
     response.headers_mut().insert(CONTENT_TYPE, TEXT_PLAIN);
     response
+}
+
+/// Descriptors kept for everything but client connections: the listeners, Redis, callback
+/// targets, the count log, Kafka.
+const DESCRIPTOR_RESERVE: u64 = 256;
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit (as nginx and most servers do) and warns
+/// when `max_connections` client connections would not fit in it. Returns the soft limit.
+pub fn raise_descriptor_limit(max_connections: u32) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed in.
+    let soft = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        // An unlimited hard limit still stops at the kernel's nr_open (2^20 by default).
+        let target = if limit.rlim_max == libc::RLIM_INFINITY {
+            1 << 20
+        } else {
+            limit.rlim_max
+        };
+        if limit.rlim_cur < target {
+            let raised = libc::rlimit {
+                rlim_cur: target,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = target;
+            }
+        }
+        limit.rlim_cur
+    };
+    let needed = u64::from(max_connections) + DESCRIPTOR_RESERVE;
+    if soft < needed {
+        log::warn!(
+            "--max-connections {max_connections} needs about {needed} file descriptors but the limit is {soft}: \
+             connections beyond it fail to be accepted (raise the limit, e.g. LimitNOFILE= or ulimit -n)"
+        );
+    }
+    soft
 }

@@ -1,21 +1,23 @@
 //! Parsing and validating the accept query (SPEC §2) straight from the request's `&str`.
 //!
-//! The id is percent-decoded into a stack buffer; the endpoint borrows the query unless it
-//! holds escapes. Nothing here allocates for a request without escapes in its endpoint.
+//! The id is percent-decoded into a stack buffer. An endpoint is decoded, checked and
+//! normalized into a caller's stack buffer ([`EndpointBuf`]) and identified by a seeded hash
+//! of its normalized bytes, so a request allocates nothing for an endpoint until one is
+//! registered for the first time.
 
-use std::borrow::Cow;
-
-use hyper::Uri;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::OnceLock;
 
 /// Longest decoded endpoint accepted, in bytes.
 pub const MAX_ENDPOINT_LEN: usize = 2048;
 
-/// A valid accept query.
+/// A valid accept query. The endpoint is still raw (percent-encoded): [`Endpoint::parse`]
+/// decodes it, and [`parse`] has already checked that it does.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Query<'a> {
     pub id: i64,
-    /// An absolute http(s) URL, percent-decoded.
-    pub endpoint: Option<Cow<'a, str>>,
+    /// The `endpoint` parameter as it arrived, known to be a valid endpoint.
+    pub endpoint: Option<&'a str>,
 }
 
 /// Why a query is bad input; every variant is answered `400 failed`.
@@ -29,8 +31,18 @@ pub enum QueryError {
 }
 
 /// Parses `id` and `endpoint` from a raw query string (without the `?`). Other parameters
-/// are ignored; `+` is a literal plus, not a space.
+/// are ignored; `+` is a literal plus, not a space. The endpoint is checked in full (decoded
+/// and normalized on the stack) but returned raw.
 pub fn parse(query: &str) -> Result<Query<'_>, QueryError> {
+    let query = parse_params(query)?;
+    if let Some(raw) = query.endpoint {
+        Endpoint::parse(raw, &mut EndpointBuf::new())?;
+    }
+    Ok(query)
+}
+
+/// [`parse`] without the endpoint's check: the caller must run [`Endpoint::parse`] on it.
+pub(super) fn parse_params(query: &str) -> Result<Query<'_>, QueryError> {
     let mut id = None;
     let mut endpoint = None;
     for pair in query.split('&') {
@@ -46,7 +58,7 @@ pub fn parse(query: &str) -> Result<Query<'_>, QueryError> {
                 if endpoint.is_some() {
                     return Err(QueryError::DuplicateEndpoint);
                 }
-                endpoint = Some(parse_endpoint(value)?);
+                endpoint = Some(value);
             }
             Param::Other => {}
         }
@@ -110,36 +122,273 @@ pub fn parse_id(raw: &str) -> Result<i64, QueryError> {
     Ok(value)
 }
 
-/// An absolute `http`/`https` URL with a host, no user-info, at most 2048 bytes decoded.
-pub fn parse_endpoint(raw: &str) -> Result<Cow<'_, str>, QueryError> {
-    let decoded: Cow<'_, str> = if raw.contains('%') {
-        let bytes = decode(raw.as_bytes()).ok_or(QueryError::BadEndpoint)?;
-        Cow::Owned(String::from_utf8(bytes).map_err(|_| QueryError::BadEndpoint)?)
-    } else {
-        Cow::Borrowed(raw)
-    };
-    if decoded.is_empty() || decoded.len() > MAX_ENDPOINT_LEN || !is_http_url(&decoded) {
-        return Err(QueryError::BadEndpoint);
+/// Room for one normalized endpoint (the decoded limit, plus a `/` for an empty path).
+pub struct EndpointBuf([u8; MAX_ENDPOINT_LEN + 1]);
+
+impl EndpointBuf {
+    pub fn new() -> Self {
+        Self([0; MAX_ENDPOINT_LEN + 1])
     }
-    Ok(decoded)
 }
 
-fn is_http_url(url: &str) -> bool {
-    let Ok(uri) = url.parse::<Uri>() else {
-        return false;
-    };
-    let scheme_ok = uri
-        .scheme_str()
-        .is_some_and(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"));
-    let Some(authority) = uri.authority() else {
-        return false;
-    };
-    let port_ok = match authority.as_str().rsplit_once(':') {
-        // `[::1]` has colons inside brackets; a port follows the last `]` if any.
-        Some((_, port)) if !port.contains(']') => authority.port_u16().is_some(),
-        _ => true,
-    };
-    scheme_ok && !authority.host().is_empty() && !authority.as_str().contains('@') && port_ok
+impl Default for EndpointBuf {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A valid endpoint in its normalized form (SPEC §2): scheme and host lower-cased, the
+/// default port dropped, an empty path made `/`. Two spellings of one target are equal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint<'b> {
+    normalized: &'b str,
+    /// Length of `scheme://host[:port]`.
+    origin_len: usize,
+    /// Length of the host within the origin, from `host_start`.
+    host: (usize, usize),
+    key: u128,
+}
+
+impl<'b> Endpoint<'b> {
+    /// Decodes, checks and normalizes a raw (percent-encoded) `endpoint` value into `buf`.
+    pub fn parse(raw: &str, buf: &'b mut EndpointBuf) -> Result<Self, QueryError> {
+        let mut len = 0;
+        for byte in Decoded::new(raw.as_bytes()) {
+            let byte = byte.ok_or(QueryError::BadEndpoint)?;
+            if len == MAX_ENDPOINT_LEN {
+                return Err(QueryError::BadEndpoint);
+            }
+            buf.0[len] = byte;
+            len += 1;
+        }
+        Self::normalize(buf, len)
+    }
+
+    /// Checks and normalizes an already decoded URL (a stored endpoint, say).
+    pub fn parse_decoded(url: &str, buf: &'b mut EndpointBuf) -> Result<Self, QueryError> {
+        let len = url.len();
+        if len > MAX_ENDPOINT_LEN {
+            return Err(QueryError::BadEndpoint);
+        }
+        buf.0[..len].copy_from_slice(url.as_bytes());
+        Self::normalize(buf, len)
+    }
+
+    /// Normalizes the URL in `buf[..len]` in place.
+    fn normalize(buf: &'b mut EndpointBuf, mut len: usize) -> Result<Self, QueryError> {
+        let bad = QueryError::BadEndpoint;
+        let url = &mut buf.0;
+        if len == 0
+            || !url[..len]
+                .iter()
+                .all(|&b| b.is_ascii_graphic() && b != b'#')
+        {
+            return Err(bad);
+        }
+        let (scheme_len, default_port) = if starts_with_ignore_case(&url[..len], b"http://") {
+            (4, 80)
+        } else if starts_with_ignore_case(&url[..len], b"https://") {
+            (5, 443)
+        } else {
+            return Err(bad);
+        };
+        url[..scheme_len].make_ascii_lowercase();
+        let host_start = scheme_len + 3;
+        let authority_end = url[host_start..len]
+            .iter()
+            .position(|&b| b == b'/' || b == b'?')
+            .map_or(len, |p| host_start + p);
+        let authority = &url[host_start..authority_end];
+        // The port follows the last `:` that is not inside an IPv6 literal's brackets.
+        let colon = authority
+            .iter()
+            .rposition(|&b| b == b':')
+            .filter(|&c| !authority[c..].contains(&b']'));
+        let host_end = colon.map_or(authority_end, |c| host_start + c);
+        if !is_host(&url[host_start..host_end]) {
+            return Err(bad);
+        }
+        url[host_start..host_end].make_ascii_lowercase();
+        if !is_path_and_query(&url[authority_end..len]) {
+            return Err(bad);
+        }
+        // The port: canonical decimal, dropped when it is the scheme's default (or empty).
+        let port = match colon {
+            None => None,
+            Some(_) => parse_port(&url[host_end + 1..authority_end]).ok_or(bad)?,
+        };
+        let mut digits = [0u8; 6];
+        let port_text: &[u8] = match port {
+            Some(port) if port != default_port => port_text(port, &mut digits),
+            _ => &[],
+        };
+        len = splice(url, len, host_end..authority_end, port_text);
+        let origin_len = host_end + port_text.len();
+        if origin_len == len || url[origin_len] != b'/' {
+            len = splice(url, len, origin_len..origin_len, b"/");
+        }
+        let normalized = std::str::from_utf8(&url[..len]).map_err(|_| bad)?;
+        Ok(Self {
+            normalized,
+            origin_len,
+            host: (host_start, host_end),
+            key: xxhash_rust::xxh3::xxh3_128_with_seed(normalized.as_bytes(), key_seed()),
+        })
+    }
+
+    /// The normalized URL: what is POSTed to, and what the fleet stores.
+    pub fn as_str(&self) -> &'b str {
+        self.normalized
+    }
+
+    /// `scheme://host[:port]`: what the count log shows (paths often carry tokens).
+    pub fn origin(&self) -> &'b str {
+        &self.normalized[..self.origin_len]
+    }
+
+    /// The lower-cased host (an IPv6 literal with its brackets).
+    pub fn host(&self) -> &'b str {
+        &self.normalized[self.host.0..self.host.1]
+    }
+
+    /// The endpoint's identity within this process: a seeded hash of the normalized bytes.
+    pub fn key(&self) -> u128 {
+        self.key
+    }
+
+    /// Who answers for the host, as a seeded hash: its registrable domain (public suffix
+    /// list), or for an IP literal its /24 (IPv4, IPv4-mapped included) or /64 (IPv6). Caps
+    /// per domain use it, without DNS: host names under one domain are free to mint.
+    pub fn domain_key(&self) -> u64 {
+        let host = self.host();
+        let seed = key_seed();
+        let hash = xxhash_rust::xxh3::xxh3_64_with_seed;
+        let v4 = |ip: Ipv4Addr| {
+            let [a, b, c, _] = ip.octets();
+            hash(&[4, a, b, c], seed)
+        };
+        if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            return match v6.parse::<Ipv6Addr>() {
+                Ok(ip) => match ip.to_ipv4_mapped() {
+                    Some(mapped) => v4(mapped),
+                    None => {
+                        let mut prefix = [6u8; 9];
+                        prefix[1..].copy_from_slice(&ip.octets()[..8]);
+                        hash(&prefix, seed)
+                    }
+                },
+                Err(_) => hash(host.as_bytes(), seed),
+            };
+        }
+        if let Ok(ip) = host.parse::<Ipv4Addr>() {
+            return v4(ip);
+        }
+        let name = host.trim_end_matches('.');
+        let domain = psl::domain(name.as_bytes()).map_or(name.as_bytes(), |d| d.as_bytes());
+        hash(domain, seed)
+    }
+}
+
+/// The process's seed for endpoint keys, so callers cannot craft colliding endpoints.
+fn key_seed() -> u64 {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    *SEED.get_or_init(|| {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(0x656e_6470_6f69_6e74_u64)
+    })
+}
+
+fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
+    s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// A registered name (letters, digits, `-._~`) or a bracketed IPv6 literal; no user-info,
+/// no percent-escapes, no zone.
+fn is_host(host: &[u8]) -> bool {
+    match host {
+        [] => false,
+        [b'[', inner @ .., b']'] => std::str::from_utf8(inner)
+            .ok()
+            .is_some_and(|v6| v6.parse::<Ipv6Addr>().is_ok()),
+        _ => host
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')),
+    }
+}
+
+/// RFC 3986 path and query characters, with every `%` starting a valid escape. Anything
+/// else (`"<>\^`{|}` and the like) must arrive percent-encoded inside the URL.
+fn is_path_and_query(rest: &[u8]) -> bool {
+    let mut i = 0;
+    while i < rest.len() {
+        let b = rest[i];
+        let ok = match b {
+            b'%' => {
+                let escape = rest.get(i + 1..i + 3);
+                if !escape.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 2;
+                true
+            }
+            b'/' | b'?' | b':' | b'@' | b'-' | b'.' | b'_' | b'~' => true,
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => true,
+            _ => b.is_ascii_alphanumeric(),
+        };
+        if !ok {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// `:<port>` in decimal, written into `digits`.
+fn port_text(port: u16, digits: &mut [u8; 6]) -> &[u8] {
+    let mut n = 0;
+    let mut rest = port;
+    let mut reversed = [0u8; 5];
+    loop {
+        reversed[n] = b'0' + (rest % 10) as u8;
+        n += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    digits[0] = b':';
+    for (i, d) in reversed[..n].iter().rev().enumerate() {
+        digits[1 + i] = *d;
+    }
+    &digits[..=n]
+}
+
+/// A port: empty (the default), or decimal digits up to 65535 (`Some(None)` for empty).
+fn parse_port(digits: &[u8]) -> Option<Option<u16>> {
+    if digits.is_empty() {
+        return Some(None);
+    }
+    if !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut value: u32 = 0;
+    for &d in digits {
+        value = (value * 10 + u32::from(d - b'0')).min(1 << 17);
+    }
+    u16::try_from(value).ok().filter(|&p| p > 0).map(Some)
+}
+
+/// Replaces `range` of `buf[..len]` with `with`; the new length.
+fn splice(buf: &mut [u8], len: usize, range: std::ops::Range<usize>, with: &[u8]) -> usize {
+    let new_len = len - range.len() + with.len();
+    buf.copy_within(range.end..len, range.start + with.len());
+    buf[range.start..range.start + with.len()].copy_from_slice(with);
+    new_len
+}
+
+/// Decodes, checks and normalizes a raw endpoint value into a new string (tests, tools).
+pub fn parse_endpoint(raw: &str) -> Result<String, QueryError> {
+    Endpoint::parse(raw, &mut EndpointBuf::new()).map(|e| e.as_str().to_string())
 }
 
 /// Percent-decoded bytes of a raw query component; `None` marks a bad escape.
@@ -183,11 +432,6 @@ fn decode_into<'b>(raw: &[u8], buf: &'b mut [u8]) -> Option<&'b [u8]> {
         len += 1;
     }
     Some(&buf[..len])
-}
-
-/// Percent-decodes into a new buffer; `None` on a bad escape.
-fn decode(raw: &[u8]) -> Option<Vec<u8>> {
-    Decoded::new(raw).collect()
 }
 
 fn unhex(c: u8) -> Option<u8> {
@@ -254,19 +498,64 @@ mod tests {
     #[test]
     fn accepts_and_decodes_endpoints() {
         let q = parse("id=1&endpoint=http%3A%2F%2Fexample.com%2Fhook%3Fa%3D1").unwrap();
-        assert_eq!(q.endpoint.as_deref(), Some("http://example.com/hook?a=1"));
-        assert!(matches!(q.endpoint, Some(Cow::Owned(_))));
+        assert_eq!(q.endpoint, Some("http%3A%2F%2Fexample.com%2Fhook%3Fa%3D1"));
+        assert_eq!(
+            parse_endpoint(q.endpoint.unwrap()).as_deref(),
+            Ok("http://example.com/hook?a=1")
+        );
         let q = parse("endpoint=https://example.com:8443/x&id=1").unwrap();
-        assert_eq!(q.endpoint.as_deref(), Some("https://example.com:8443/x"));
-        assert!(matches!(q.endpoint, Some(Cow::Borrowed(_))));
+        assert_eq!(q.endpoint, Some("https://example.com:8443/x"));
         for ok in [
             "HTTP://a.b/",
             "http://[::1]:80/",
             "http://127.0.0.1",
             "https://a/?b=c",
+            "http://a/%250A", // the URL's own escape of a line feed: visible ASCII
+            "http://a/p?q=%252523", // a double-encoded `#`: still an escape in the URL
+            "http://a_b.c~d/!$&'()*+,;=:@-._~?/?",
         ] {
             assert!(parse_endpoint(ok).is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn normalizes_spellings_of_one_target() {
+        let table = [
+            ("http://Example.COM:80", "http://example.com/"),
+            ("HTTP://example.com/", "http://example.com/"),
+            ("http://example.com:/", "http://example.com/"),
+            ("http://example.com:0080/a", "http://example.com/a"),
+            ("https://EXAMPLE.com:443?x=1", "https://example.com/?x=1"),
+            ("https://example.com:80/", "https://example.com:80/"),
+            ("http://example.com:8080", "http://example.com:8080/"),
+            (
+                "http://example.com:00443/A/B?C",
+                "http://example.com:443/A/B?C",
+            ),
+            ("http://[::FFFF:7F00:1]:80/", "http://[::ffff:7f00:1]/"),
+        ];
+        for (raw, want) in table {
+            assert_eq!(parse_endpoint(raw).as_deref(), Ok(want), "{raw}");
+            let mut buf = EndpointBuf::new();
+            let e = Endpoint::parse(raw, &mut buf).unwrap();
+            let mut again = EndpointBuf::new();
+            let same = Endpoint::parse_decoded(want, &mut again).unwrap();
+            assert_eq!(e.key(), same.key(), "{raw}");
+            assert_eq!(same.as_str(), want, "normalizing is idempotent");
+        }
+        let mut buf = EndpointBuf::new();
+        let e = Endpoint::parse("https://Hooks.Example.com:8443/T0KEN/x?sig=1", &mut buf).unwrap();
+        assert_eq!(e.origin(), "https://hooks.example.com:8443");
+        assert_eq!(e.host(), "hooks.example.com");
+        let mut buf = EndpointBuf::new();
+        let e = Endpoint::parse("http://[::1]?a", &mut buf).unwrap();
+        assert_eq!(
+            (e.as_str(), e.origin(), e.host()),
+            ("http://[::1]/?a", "http://[::1]", "[::1]")
+        );
+        let mut other = EndpointBuf::new();
+        let f = Endpoint::parse("http://[::1]/?b", &mut other).unwrap();
+        assert_ne!(e.key(), f.key());
     }
 
     #[test]
@@ -284,14 +573,46 @@ mod tests {
             "http://user@example.com/",
             "http%3A%2F%2Fuser%40example.com%2F",
             "http://example.com:99999/",
+            "http://example.com:0/",
+            "http://example.com:8x/",
             "http://exa mple.com/",
             "http://example.com/%zz",
             "http://example.com/%E0%A4",
+            "http://example.com/%25zz",
+            "http://example.com/x%23%0Aforged",
+            "http://example.com/x#frag",
+            "http://example.com/x%23frag",
+            "http://example.com/%0A",
+            "http://example.com/%0D",
+            "http://example.com/%00",
+            "http://example.com/%09",
+            "http://example.com/%20",
+            "http://example.com/%7F",
+            "http://example.com/%1B%5B31m",
+            "http://example.com/%C2%85",
+            "http://example.com/%E2%80%A8",
+            "http://example.com/%C0%8A",
+            "http://exa%0Ample.com/",
+            "http://exa%25mple.com/",
+            "http://[::1%25eth0]/",
+            "http://[::1/",
+            "http://[nope]/",
+            "http://a/<script>",
+            "http://a/{x}",
+            "http://a/x|y",
+            "http://a/`",
+            "http://a/\\x",
+            "http://a\"b/",
             "javascript:alert(1)",
             long.as_str(),
         ];
         for bad in table {
             assert_eq!(parse_endpoint(bad), Err(BadEndpoint), "endpoint {bad:?}");
+            assert_eq!(
+                parse(&format!("id=1&endpoint={bad}")),
+                Err(BadEndpoint),
+                "query with endpoint {bad:?}"
+            );
         }
         assert_eq!(
             parse("id=1&endpoint=http://a/&endpoint=http://b/"),
@@ -299,5 +620,36 @@ mod tests {
         );
         assert_eq!(parse("id=1&endpoint="), Err(BadEndpoint));
         assert_eq!(parse("id=1&endpoint"), Err(BadEndpoint));
+    }
+
+    #[test]
+    fn domain_keys_group_by_registrable_domain_and_address_prefix() {
+        let key = |url: &str| {
+            let mut buf = EndpointBuf::new();
+            Endpoint::parse(url, &mut buf).unwrap().domain_key()
+        };
+        let same = [
+            ("http://a.example.com/", "https://b.c.EXAMPLE.com:8443/x"),
+            ("http://x.example.co.uk/", "http://example.co.uk/"),
+            ("http://127.0.0.2/", "http://127.0.0.3:9/"),
+            ("http://[::ffff:127.0.0.9]/", "http://127.0.0.200/"),
+            (
+                "http://[2001:db8:1:2::1]/",
+                "http://[2001:db8:1:2:ffff::9]/",
+            ),
+            ("http://example.com./", "http://www.example.com/"),
+        ];
+        for (a, b) in same {
+            assert_eq!(key(a), key(b), "{a} and {b}");
+        }
+        let different = [
+            ("http://a.example.com/", "http://a.example.org/"),
+            ("http://a.example.co.uk/", "http://b.other.co.uk/"),
+            ("http://127.0.0.2/", "http://127.1.0.1/"),
+            ("http://[2001:db8:1:2::1]/", "http://[2001:db8:1:3::1]/"),
+        ];
+        for (a, b) in different {
+            assert_ne!(key(a), key(b), "{a} and {b}");
+        }
     }
 }

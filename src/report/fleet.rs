@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{log_count, publish};
+use super::{Partial, log_count, publish};
 use crate::Shared;
+use crate::http::query::{Endpoint, EndpointBuf};
 use crate::store::{Store, StoreError};
 use crate::window::{Window, format_utc};
 
@@ -71,7 +72,7 @@ pub async fn report(shared: &Arc<Shared>, window: Arc<Window>) {
     };
     match tokio::time::timeout(read_timeout(shared), fleet_count(shared, store, &window)).await {
         Ok(Ok(count)) => {
-            log_count(shared, window.start, count, "fleet", false);
+            log_count(shared, window.start, count, "fleet", None);
             shared.spawn(deliver(Arc::clone(shared), window.start, count));
         }
         outcome => {
@@ -83,7 +84,13 @@ pub async fn report(shared: &Arc<Shared>, window: Arc<Window>) {
                 "window {}: fleet count unavailable ({why}); logging the local count",
                 format_utc(window.start * 1000, false)
             );
-            log_count(shared, window.start, window.count() as u64, "local", true);
+            log_count(
+                shared,
+                window.start,
+                window.count() as u64,
+                "local",
+                Some(Partial::Store),
+            );
             shared.spawn(report_later(Arc::clone(shared), window));
         }
     }
@@ -225,14 +232,7 @@ async fn deliver(shared: Arc<Shared>, start: i64, count: u64) {
                 continue;
             }
         };
-        let max = shared.settings.callback_max_endpoints as usize;
-        if endpoints.len() > max {
-            log::warn!(
-                "window {shown}: {} endpoints fleet-wide, calling the first {max}",
-                endpoints.len()
-            );
-        }
-        let endpoints = endpoints.into_iter().take(max).map(Into::into).collect();
+        let endpoints = bounded(&shared, &shown, endpoints);
         let batch = publish(&shared, start, count, "fleet", endpoints);
         while batch.pending() > 0 {
             tokio::time::sleep(LEASE / 3).await;
@@ -249,4 +249,44 @@ async fn deliver(shared: Arc<Shared>, start: i64, count: u64) {
         );
         return;
     }
+}
+
+/// The fleet's endpoints for one window within this instance's bounds: normalized (an
+/// instance of another version may have stored another spelling), each once, at most
+/// `--callback-max-per-domain` per domain and `--callback-max-endpoints` in all.
+fn bounded(shared: &Shared, shown: &str, stored: Vec<String>) -> Vec<Box<str>> {
+    let max = shared.settings.callback_max_endpoints as usize;
+    let per_domain = shared.settings.callback_max_per_domain as usize;
+    let mut seen = std::collections::HashSet::new();
+    let mut domains = std::collections::HashMap::<u64, usize>::new();
+    let mut kept = Vec::new();
+    let mut dropped = 0usize;
+    for url in &stored {
+        let mut buf = EndpointBuf::new();
+        let Ok(endpoint) = Endpoint::parse_decoded(url, &mut buf) else {
+            dropped += 1;
+            continue;
+        };
+        if !seen.insert(endpoint.key()) {
+            continue;
+        }
+        let taken = domains.entry(endpoint.domain_key()).or_default();
+        if kept.len() >= max || *taken >= per_domain {
+            dropped += 1;
+            continue;
+        }
+        *taken += 1;
+        kept.push(endpoint.as_str().into());
+    }
+    if dropped > 0 {
+        shared
+            .metrics
+            .endpoints_dropped
+            .fetch_add(dropped as u64, Ordering::Relaxed);
+        log::warn!(
+            "window {shown}: {} endpoints fleet-wide; {dropped} beyond the bounds are not called",
+            stored.len()
+        );
+    }
+    kept
 }

@@ -19,7 +19,7 @@ pub mod fleet;
 
 use crate::Shared;
 use crate::callback::{Batch, BatchState, Delivery};
-use crate::countlog;
+use crate::countlog::Entry;
 use crate::window::format_utc;
 
 /// Longest sleep between looks at the wall clock.
@@ -57,6 +57,9 @@ pub async fn run(shared: Arc<Shared>, mut finish: watch::Receiver<bool>) {
             }
             report_oldest(&shared, false).await;
         } else {
+            // From here on no request is admitted (503): none can be answered `ok` after
+            // the open window's line is written.
+            shared.windows.close();
             if oldest * 1000 <= now {
                 report_oldest(&shared, true).await;
             }
@@ -77,20 +80,52 @@ async fn report_oldest(shared: &Arc<Shared>, partial: bool) {
         return;
     }
     let count = window.count() as u64;
-    log_count(shared, window.start, count, "local", partial);
+    log_count(
+        shared,
+        window.start,
+        count,
+        "local",
+        partial.then_some(Partial::Shutdown),
+    );
     if !partial {
         // A window cut short is neither POSTed nor streamed.
         publish(shared, window.start, count, "local", window.endpoints());
     }
 }
 
+/// Why a window's line is partial (SPEC §4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partial {
+    /// Cut short by shutdown.
+    Shutdown,
+    /// Fleet mode: the fleet count was not readable in time.
+    Store,
+}
+
 /// Writes a window's line to the count log.
-fn log_count(shared: &Shared, start: i64, count: u64, scope: &'static str, partial: bool) {
-    log::info!(target: countlog::TARGET,
-        "unique_requests window_start={} window_secs={} unique_requests={count} scope={scope}{}",
-        format_utc(start * 1000, false),
-        shared.windows.secs(),
-        if partial { " partial=true" } else { "" });
+fn log_count(
+    shared: &Shared,
+    start: i64,
+    count: u64,
+    scope: &'static str,
+    partial: Option<Partial>,
+) {
+    let mut entry = Entry::new("unique_requests")
+        .field("window_start", format_utc(start * 1000, false))
+        .field("window_secs", shared.windows.secs())
+        .field("unique_requests", count)
+        .field("scope", scope);
+    if let Some(reason) = partial {
+        entry = entry.field("partial", true).field(
+            "reason",
+            match reason {
+                Partial::Shutdown => "shutdown",
+                Partial::Store => "store",
+            },
+        );
+    }
+    entry.write();
+    let partial = partial.is_some();
     shared
         .metrics
         .windows_reported
@@ -251,10 +286,20 @@ mod clock_tests {
         let settle = || tokio::time::sleep(Duration::from_secs(1));
 
         for id in [1, 2, 3] {
-            shared.windows.admit(clock.now_ms()).window().insert(id);
+            shared
+                .windows
+                .admit(clock.now_ms())
+                .unwrap()
+                .window()
+                .insert(id);
         }
         set(180_500); // window 120 ended, still within its grace
-        shared.windows.admit(clock.now_ms()).window().insert(4);
+        shared
+            .windows
+            .admit(clock.now_ms())
+            .unwrap()
+            .window()
+            .insert(4);
         settle().await;
         assert!(reported().is_empty(), "reported before its grace ran out");
         set(181_000);
@@ -262,7 +307,12 @@ mod clock_tests {
         assert_eq!(reported(), ["1970-01-01T00:02:00Z=3"]);
 
         set(150_000); // stepped back into the reported window: counts in the oldest open one
-        shared.windows.admit(clock.now_ms()).window().insert(5);
+        shared
+            .windows
+            .admit(clock.now_ms())
+            .unwrap()
+            .window()
+            .insert(5);
         settle().await;
         assert_eq!(reported().len(), 1, "a window was reported again");
 

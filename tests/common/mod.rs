@@ -489,6 +489,24 @@ fn serve_receiver(stream: TcpStream, sink: &Mutex<Vec<Received>>) {
     }
 }
 
+/// The count log's `endpoint_id` of a normalized endpoint without `--callback-secret`: the
+/// first 16 hex digits of its SHA-256, computed by `sha256sum` (not verve's code).
+pub fn endpoint_id(normalized: &str) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run sha256sum");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(normalized.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().expect("sha256sum output");
+    String::from_utf8(out.stdout).unwrap()[..16].to_string()
+}
+
 /// A loopback port with nothing listening.
 pub fn closed_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
