@@ -68,10 +68,17 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub callback_workers: u32,
 
-    /// Deliveries waiting for a worker, across windows; more are dropped and counted.
+    /// Deliveries held (waiting, backing off or being sent), across windows; more are
+    /// dropped and counted.
     #[arg(long, env = "VERVE_CALLBACK_QUEUE", default_value_t = 10_000,
           value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub callback_queue: u32,
+
+    /// Deliveries in progress at once to one destination, the /24 (IPv4) or /64 (IPv6) its
+    /// host resolved to; workers take turns across destinations.
+    #[arg(long, env = "VERVE_CALLBACK_PREFIX_CONCURRENCY", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub callback_prefix_concurrency: u32,
 
     /// Connect timeout of one callback attempt.
     #[arg(long, env = "VERVE_CALLBACK_CONNECT_TIMEOUT_MS", default_value_t = 2000,
@@ -408,6 +415,8 @@ impl Config {
             guard: Guard::new(self.callback_allow.0.clone()),
             workers: self.callback_workers as usize,
             queue: self.callback_queue as usize,
+            prefix_concurrency: self.callback_prefix_concurrency as usize,
+            window: Duration::from_secs(u64::from(self.window_secs)),
             connect_timeout: Duration::from_millis(self.callback_connect_timeout_ms),
             timeout: Duration::from_millis(self.callback_timeout_ms),
             attempts: self.callback_attempts,
@@ -479,6 +488,14 @@ mod tests {
                 "--kafka-compression",
             ),
             (&["--kafka-buffer", "0"][..], "--kafka-buffer"),
+            (
+                &["--callback-prefix-concurrency", "0"][..],
+                "--callback-prefix-concurrency",
+            ),
+            (
+                &["--callback-prefix-concurrency", "1025"][..],
+                "--callback-prefix-concurrency",
+            ),
         ] {
             let err = load(args).unwrap_err();
             assert_eq!(err.exit_code, 2, "{args:?}");

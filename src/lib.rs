@@ -13,7 +13,7 @@
 //!   the count log and hands its endpoints to the callback pool; in fleet mode reads the
 //!   fleet count and elects the instance that sends the window's callbacks.
 //! * [`callback`] — delivery of the per-window POSTs on blocking worker threads, with
-//!   retries and the SSRF guard.
+//!   retries, turns taken across destination address prefixes, and the SSRF guard.
 //! * [`stream`] — one record per reported window to Kafka (feature `kafka`).
 //! * [`countlog`] — the `log` sink that puts count lines in a file and diagnostics on stderr.
 //! * [`config`] — flags and environment, checked at start-up.

@@ -141,6 +141,8 @@ pub struct Metrics {
     callback_attempts: [AtomicU64; Attempt::ALL.len()],
     /// Deliveries dropped because the pending queue was full.
     pub callbacks_dropped_queue: AtomicU64,
+    /// Deliveries given up because their window's delivery deadline passed.
+    pub callbacks_expired: AtomicU64,
     /// Endpoints refused because a window already had the maximum.
     pub endpoints_dropped: AtomicU64,
     /// Requests shed with 503 because `--max-inflight` requests were waiting for the store.
@@ -242,6 +244,13 @@ impl Metrics {
             "verve_callbacks_dropped_total",
             "Callback deliveries dropped because the pending queue was full.",
             load(&self.callbacks_dropped_queue),
+        );
+        scalar(
+            &mut out,
+            "counter",
+            "verve_callbacks_expired_total",
+            "Callback deliveries given up at their window's delivery deadline.",
+            load(&self.callbacks_expired),
         );
         scalar(
             &mut out,

@@ -6,11 +6,11 @@ mod common;
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Receiver, Verve, endpoint_id, sleep_into_next_window, wait_for};
+use common::{Receiver, Tarpit, Verve, endpoint_id, sleep_into_next_window, wait_for};
 
 /// Every line of a count log follows SPEC §4.1: `<RFC 3339 ms> INFO <kind> key=value…`, each
 /// word visible ASCII, single spaces; a window line holds its four fields.
@@ -61,25 +61,6 @@ fn assert_log_grammar(text: &str) {
                 assert!(keys.contains(key), "no {key} in {line:?}");
             }
         }
-    }
-}
-
-/// A callback target that never answers: accepts connections and holds them.
-struct Tarpit {
-    addr: std::net::SocketAddr,
-}
-
-impl Tarpit {
-    fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind tarpit");
-        let addr = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            let mut held = Vec::new();
-            for stream in listener.incoming().flatten() {
-                held.push(stream); // never read, never answered, closed with the test
-            }
-        });
-        Self { addr }
     }
 }
 
@@ -345,7 +326,7 @@ fn no_message_prints_a_secret() {
 /// line gets no `ok`, the id is in no count, and the exit stays within the deadline.
 #[test]
 fn shutdown_never_answers_ok_after_the_partial_line() {
-    let tarpit = Tarpit::start();
+    let tarpit = Tarpit::start(&[std::net::Ipv4Addr::LOCALHOST]);
     let mut verve = Verve::start(&[
         "--window-secs",
         "2",
@@ -361,7 +342,7 @@ fn shutdown_never_answers_ok_after_the_partial_line() {
         "30000",
     ]);
     let window = sleep_into_next_window(2, 100);
-    let hook = format!("http://{}/never", tarpit.addr);
+    let hook = format!("http://127.0.0.1:{}/never", tarpit.port);
     let reply = verve.get(&format!("/api/verve/accept?id=1&endpoint={hook}"));
     assert_eq!(reply.status, 200);
     verve.wait_window(window, Duration::from_secs(6));

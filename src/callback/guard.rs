@@ -1,12 +1,14 @@
 //! The SSRF guard: which resolved addresses a callback may connect to.
 //!
-//! It runs inside the HTTP client's resolver, on the addresses the client is about to connect
-//! to, so a name that resolves differently later (DNS rebinding) cannot slip past a check made
-//! earlier. Only public unicast addresses pass, unless an operator allows a CIDR.
+//! A delivery's host is looked up once ([`Guard::resolve`]), keeping only permitted addresses;
+//! its attempts then connect to exactly those ([`pin`]), and the client's resolver checks them
+//! again, so a name that resolves differently later (DNS rebinding) cannot slip past the
+//! check. Only public unicast addresses pass, unless an operator allows a CIDR.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -41,6 +43,62 @@ impl Guard {
                 None => !blocked_v6(v6),
             },
         }
+    }
+}
+
+/// Why a host gave no address to connect to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unresolved {
+    /// The look-up failed or found nothing.
+    NotFound,
+    /// Every address it found is refused.
+    Blocked,
+}
+
+/// The most addresses kept per host (what the client tries in turn).
+const MAX_ADDRS: usize = 16;
+
+impl Guard {
+    /// Looks `host_port` (`host:port`, IPv6 in brackets) up and keeps the permitted
+    /// addresses, in the resolver's order. Blocks the calling thread for the look-up, bounded
+    /// by the system resolver's own timeouts.
+    pub fn resolve(&self, host_port: &str) -> Result<Vec<SocketAddr>, Unresolved> {
+        let found: Vec<SocketAddr> = host_port
+            .to_socket_addrs()
+            .map_err(|_| Unresolved::NotFound)?
+            .take(MAX_ADDRS)
+            .collect();
+        if found.is_empty() {
+            return Err(Unresolved::NotFound);
+        }
+        let permitted: Vec<SocketAddr> =
+            found.into_iter().filter(|a| self.permits(a.ip())).collect();
+        if permitted.is_empty() {
+            return Err(Unresolved::Blocked);
+        }
+        Ok(permitted)
+    }
+}
+
+thread_local! {
+    /// The addresses this thread's next requests must connect to, set by [`pin`].
+    static PINNED: RefCell<Option<Vec<SocketAddr>>> = const { RefCell::new(None) };
+}
+
+/// Makes this thread's requests connect to `addrs` (instead of looking the host up again)
+/// until the returned value is dropped.
+pub fn pin(addrs: &[SocketAddr]) -> Pinned {
+    PINNED.with(|p| *p.borrow_mut() = Some(addrs.to_vec()));
+    Pinned(())
+}
+
+/// Unpins on drop (see [`pin`]).
+#[must_use = "dropping it unpins at once"]
+pub struct Pinned(());
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        PINNED.with(|p| p.borrow_mut().take());
     }
 }
 
@@ -130,10 +188,24 @@ impl Resolver for GuardedResolver {
         config: &Config,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let resolved = self.inner.resolve(uri, config, timeout)?;
         let mut permitted = self.empty();
-        for addr in resolved.iter().filter(|a| self.guard.permits(a.ip())) {
-            permitted.push(*addr);
+        let pinned = PINNED.with(|p| p.borrow().clone());
+        match pinned {
+            // Checked again: pinned addresses come from a look-up made by [`Guard::resolve`],
+            // but nothing else may reach the connector unchecked.
+            Some(addrs) => {
+                for addr in addrs.iter().filter(|a| self.guard.permits(a.ip())) {
+                    if permitted.try_push(*addr).is_err() {
+                        break;
+                    }
+                }
+            }
+            None => {
+                let resolved = self.inner.resolve(uri, config, timeout)?;
+                for addr in resolved.iter().filter(|a| self.guard.permits(a.ip())) {
+                    permitted.push(*addr);
+                }
+            }
         }
         if permitted.is_empty() {
             return Err(ureq::Error::Io(io::Error::new(
@@ -294,6 +366,26 @@ mod tests {
         assert!("a b".parse::<HostList>().is_err());
         assert!("*.".parse::<HostList>().is_err());
         assert!("x.*.com".parse::<HostList>().is_err());
+    }
+
+    #[test]
+    fn resolve_keeps_permitted_addresses_only() {
+        let closed = Guard::default();
+        assert_eq!(closed.resolve("127.0.0.1:80"), Err(Unresolved::Blocked));
+        assert_eq!(
+            closed.resolve("[::ffff:127.0.0.1]:80"),
+            Err(Unresolved::Blocked)
+        );
+        assert_eq!(
+            closed.resolve("93.184.216.34:443"),
+            Ok(vec!["93.184.216.34:443".parse().unwrap()])
+        );
+        let open = Guard::new(vec!["127.0.0.0/8".parse().unwrap()]);
+        assert_eq!(
+            open.resolve("127.0.0.9:8080"),
+            Ok(vec!["127.0.0.9:8080".parse().unwrap()])
+        );
+        assert_eq!(open.resolve("no port"), Err(Unresolved::NotFound));
     }
 
     #[test]

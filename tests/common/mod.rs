@@ -885,3 +885,106 @@ pub fn send_ids(
         .flat_map(|w| w.join().expect("sender"))
         .collect()
 }
+
+impl Receiver {
+    /// A [`Receiver`] listening on `ip` (any loopback address, e.g. `127.1.0.1`), so that
+    /// it sits in an address prefix of its own.
+    pub fn start_on(ip: &str) -> Self {
+        let listener = TcpListener::bind((ip, 0)).expect("bind receiver");
+        let addr = listener.local_addr().unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&got);
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let sink = Arc::clone(&sink);
+                thread::spawn(move || serve_receiver(stream, &sink));
+            }
+        });
+        Self { addr, got }
+    }
+}
+
+/// A tarpit connection: opened and (once the client gave up) closed, in epoch ms.
+type Held = (i64, Option<i64>);
+
+/// Listeners on many loopback addresses, all on one port, that accept connections, read
+/// whatever comes and never answer; they record when each connection opened and closed.
+pub struct Tarpit {
+    pub port: u16,
+    connections: Arc<Mutex<Vec<Held>>>,
+}
+
+impl Tarpit {
+    pub fn start(ips: &[std::net::Ipv4Addr]) -> Self {
+        let (port, listeners) = (0..20)
+            .find_map(|_| {
+                let first = TcpListener::bind((ips[0], 0)).ok()?;
+                let port = first.local_addr().ok()?.port();
+                let mut all = vec![first];
+                for ip in &ips[1..] {
+                    all.push(TcpListener::bind((*ip, port)).ok()?); // taken: try another port
+                }
+                Some((port, all))
+            })
+            .expect("bind tarpit listeners on one port");
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        for listener in listeners {
+            let connections = Arc::clone(&connections);
+            thread::spawn(move || {
+                for mut stream in listener.incoming().flatten() {
+                    let connections = Arc::clone(&connections);
+                    let n = {
+                        let mut all = connections.lock().unwrap();
+                        all.push((now_ms(), None));
+                        all.len() - 1
+                    };
+                    thread::spawn(move || {
+                        // Until the client gives up and closes.
+                        let mut sink = [0u8; 4096];
+                        while stream.read(&mut sink).is_ok_and(|n| n > 0) {}
+                        connections.lock().unwrap()[n].1 = Some(now_ms());
+                    });
+                }
+            });
+        }
+        Self { port, connections }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.connections.lock().unwrap().len()
+    }
+
+    /// Most connections open at once. One closing at most `handover_ms` after another
+    /// opened counts as handed over (the client's close and its next connect race).
+    pub fn most_open(&self, handover_ms: i64) -> usize {
+        let all = self.connections.lock().unwrap();
+        all.iter()
+            .map(|&(opened, _)| {
+                all.iter()
+                    .filter(|&&(o, c)| o <= opened && c.is_none_or(|c| c - handover_ms > opened))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// A count-log line's timestamp (`2026-11-24T14:06:01.004Z`) in epoch milliseconds.
+pub fn line_ms(line: &Line) -> i64 {
+    let ts = line.raw.split(' ').next().unwrap_or_default();
+    let num = |range: std::ops::Range<usize>| -> i64 {
+        ts.get(range)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad timestamp in {}", line.raw))
+    };
+    let (y, m, d) = (num(0..4), num(5..7), num(8..10));
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    let secs = days * 86_400 + num(11..13) * 3600 + num(14..16) * 60 + num(17..19);
+    secs * 1000 + num(20..23)
+}
