@@ -278,3 +278,65 @@ fn in_flight_cap_sheds_with_503_while_redis_stalls_and_recovers_at_once() {
         assert_eq!(warm.get(&format!("/api/verve/accept?id={id}")).status, 200);
     }
 }
+
+/// Out of descriptors (a hard limit of 48, far below `--max-connections`): start-up warns
+/// naming the flag, the accept loop backs off and warns at most about once a second instead
+/// of spinning, and once the connections close new ones are served again.
+#[test]
+fn descriptor_exhaustion_backs_off_and_recovers() {
+    let dir = common::TempDir::new("emfile");
+    let stderr_path = dir.0.join("stderr");
+    let mut child = std::process::Command::new("prlimit")
+        .arg("--nofile=48:48")
+        .arg(env!("CARGO_BIN_EXE_verve"))
+        .args(["--listen", "127.0.0.1:0", "--log-file"])
+        .arg(dir.0.join("requests.log"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("run verve under prlimit");
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let addr: std::net::SocketAddr = first
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {first:?}"));
+    let warned = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(
+        warned.contains("--max-connections"),
+        "no start-up warning:\n{warned}"
+    );
+
+    // More connections than descriptors: the kernel's backlog takes them, accept fails.
+    let held: Vec<TcpStream> = (0..80)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    assert!(held.len() > 48, "only {} connections", held.len());
+    thread::sleep(Duration::from_secs(3));
+    let log = std::fs::read_to_string(&stderr_path).unwrap();
+    let failures = log.matches("accept failed").count();
+    assert!(
+        (1..=5).contains(&failures),
+        "{failures} accept warnings in 3 s:\n{log}"
+    );
+    drop(held);
+    let served = wait_for(Duration::from_secs(5), || {
+        let mut conn = TcpStream::connect(addr).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        conn.write_all(b"GET /api/verve/accept?id=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .ok()?;
+        let mut answer = [0u8; 64];
+        let n = conn.read(&mut answer).ok()?;
+        String::from_utf8_lossy(&answer[..n])
+            .starts_with("HTTP/1.1 200")
+            .then_some(())
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(served.is_some(), "not served after the connections closed");
+}

@@ -22,8 +22,9 @@ pub enum Key {
     V4([u8; 3]),
     /// An IPv6 /64.
     V6([u16; 4]),
-    /// A host name not resolved yet: its last two labels, so that minted subdomains of one
-    /// zone (whose DNS a caller may make slow) share a lane while they are looked up.
+    /// A host name not resolved yet: its registrable domain (public suffix list), so that
+    /// minted subdomains of one zone (whose DNS a caller may make slow) share a lane while
+    /// they are looked up.
     Site(Box<str>),
 }
 
@@ -59,13 +60,7 @@ impl Key {
             return Self::of_addr(ip);
         }
         let name = host.trim_end_matches('.').to_ascii_lowercase();
-        // Without a public-suffix list this may put unrelated sites under `co.uk` in one lane:
-        // that slows their look-ups a little, never lets one caller take more workers.
-        let site = match name.rmatch_indices('.').nth(1) {
-            Some((dot, _)) => &name[dot + 1..],
-            None => &name,
-        };
-        Key::Site(site.into())
+        Key::Site(psl::domain_str(&name).unwrap_or(&name).into())
     }
 
     /// The key of an endpoint URL before it is resolved.
@@ -383,6 +378,8 @@ mod tests {
         assert_eq!(key("x.y.evil.example"), Key::Site("evil.example".into()));
         assert_ne!(key("a.evil.example"), key("a.good.example"));
         assert_eq!(key("localhost"), Key::Site("localhost".into()));
+        assert_eq!(key("hooks.a.co.uk"), Key::Site("a.co.uk".into()));
+        assert_ne!(key("a.co.uk"), key("b.co.uk"));
         assert_eq!(
             Key::of_endpoint("http://127.0.0.7:81/hook?x=1"),
             key("127.0.0.1")
