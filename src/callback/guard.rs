@@ -249,14 +249,18 @@ impl HostList {
         if self.0.is_empty() {
             return true;
         }
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        // Compared without allocating: this runs on the accept path.
+        let host = host.trim_end_matches('.').as_bytes();
         self.0
             .iter()
             .any(|pattern| match pattern.strip_prefix("*.") {
-                Some(domain) => host
-                    .strip_suffix(domain)
-                    .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.')),
-                None => host == *pattern,
+                Some(domain) => {
+                    let domain = domain.as_bytes();
+                    host.len() > domain.len() + 1
+                        && host[host.len() - domain.len()..].eq_ignore_ascii_case(domain)
+                        && host[host.len() - domain.len() - 1] == b'.'
+                }
+                None => host.eq_ignore_ascii_case(pattern.as_bytes()),
             })
     }
 
