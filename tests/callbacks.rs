@@ -42,21 +42,6 @@ fn attempts(lines: &[Line]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Verve with one-second windows whose callbacks may reach loopback, plus `extra` flags and
-/// environment.
-fn verve_calling_loopback(extra: &[&str], env: &[(&str, &str)]) -> Verve {
-    let mut args = vec![
-        "--window-secs",
-        "1",
-        "--grace-ms",
-        "200",
-        "--callback-allow",
-        "127.0.0.0/8",
-    ];
-    args.extend_from_slice(extra);
-    Verve::start_with_env(&args, env)
-}
-
 /// Accepts `id` with `endpoint` (percent-encoded here); the answer must be 200.
 fn accept_with(verve: &Verve, id: i64, endpoint: &str) {
     let reply = verve.get(&format!(
@@ -69,20 +54,17 @@ fn accept_with(verve: &Verve, id: i64, endpoint: &str) {
 #[test]
 fn delivers_once_per_endpoint_retries_failures_and_never_slows_accepts() {
     let receiver = Receiver::start();
-    let verve = Verve::start(&[
-        "--window-secs",
-        "1",
-        "--grace-ms",
-        "200",
-        "--callback-allow",
-        "127.0.0.0/8",
-        "--callback-timeout-ms",
-        "600",
-        "--callback-connect-timeout-ms",
-        "300",
-        "--callback-backoff-ms",
-        "50",
-    ]);
+    let verve = Verve::calling_loopback(
+        &[
+            "--callback-timeout-ms",
+            "600",
+            "--callback-connect-timeout-ms",
+            "300",
+            "--callback-backoff-ms",
+            "50",
+        ],
+        &[],
+    );
     let closed = format!("http://127.0.0.1:{}/closed", closed_port());
     let targets = [
         receiver.url("/ok?token=s3cret"),
@@ -369,7 +351,7 @@ fn callback_secret_signs_every_post_with_standard_webhooks_headers() {
     }
     let receiver = Receiver::start();
     let secret = "correct horse battery staple";
-    let verve = verve_calling_loopback(
+    let verve = Verve::calling_loopback(
         &["--callback-backoff-ms", "50"],
         &[("VERVE_CALLBACK_SECRET", secret)],
     );
@@ -406,7 +388,7 @@ fn callback_secret_signs_every_post_with_standard_webhooks_headers() {
 #[test]
 fn without_a_secret_posts_carry_no_signature() {
     let receiver = Receiver::start();
-    let verve = verve_calling_loopback(&[], &[]);
+    let verve = Verve::calling_loopback(&[], &[]);
     let window = sleep_into_next_window(1, 100);
     accept_with(&verve, 1, &receiver.url("/plain"));
     verve.wait_window(window, Duration::from_secs(5));
@@ -421,7 +403,7 @@ fn without_a_secret_posts_carry_no_signature() {
 #[test]
 fn callback_hosts_limits_where_callbacks_go() {
     let receiver = Receiver::start();
-    let verve = verve_calling_loopback(&["--callback-hosts", "localhost,*.example.invalid"], &[]);
+    let verve = Verve::calling_loopback(&["--callback-hosts", "localhost,*.example.invalid"], &[]);
     let port = receiver.addr.port();
     let window = sleep_into_next_window(1, 100);
     // Answered 200 either way: the id counts.
@@ -445,7 +427,7 @@ fn callback_hosts_limits_where_callbacks_go() {
 #[test]
 fn huge_response_bodies_are_not_read() {
     let receiver = Receiver::start();
-    let verve = verve_calling_loopback(&[], &[]);
+    let verve = Verve::calling_loopback(&[], &[]);
     let window = sleep_into_next_window(1, 100);
     accept_with(&verve, 1, &receiver.url("/huge"));
     verve.wait_window(window, Duration::from_secs(5));
@@ -475,7 +457,7 @@ fn huge_response_bodies_are_not_read() {
 #[test]
 fn drip_fed_answers_time_out_as_a_whole() {
     let receiver = Receiver::start();
-    let verve = verve_calling_loopback(
+    let verve = Verve::calling_loopback(
         &[
             "--callback-timeout-ms",
             "800",

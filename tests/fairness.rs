@@ -8,7 +8,9 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use common::{Line, Receiver, Tarpit, Verve, encode, line_ms, now_ms, sleep_into_next_window};
+use common::{
+    Conn, Line, Receiver, Tarpit, Verve, encode, line_ms, now_ms, sleep_into_next_window,
+};
 
 /// Tarpit addresses (127.0.0.2, 127.0.0.3, …: one /24) and endpoints on each.
 const TARPIT_ADDRS: u8 = 100;
@@ -25,20 +27,45 @@ fn endpoint_of(line: &Line) -> String {
     format!("{} {}", line.get("endpoint"), line.get("endpoint_id"))
 }
 
-#[test]
-fn tarpits_in_one_prefix_delay_no_other_prefix_and_expire_at_the_deadline() {
+/// Tarpit listeners on `127.0.0.2`, `127.0.0.3`, … (one /24), a healthy receiver on
+/// `127.1.0.1` (another prefix), and verve with one-second windows calling loopback, plus
+/// `extra` flags.
+fn tarpits_and_healthy(extra: &[&str]) -> (Vec<Ipv4Addr>, Tarpit, Receiver, Verve) {
     let ips: Vec<Ipv4Addr> = (2..2 + TARPIT_ADDRS)
         .map(|d| Ipv4Addr::new(127, 0, 0, d))
         .collect();
     let tarpit = Tarpit::start(&ips);
     let healthy = Receiver::start_on("127.1.0.1");
-    let verve = Verve::start(&[
-        "--window-secs",
-        "1",
-        "--grace-ms",
-        "200",
-        "--callback-allow",
-        "127.0.0.0/8",
+    (ips, tarpit, healthy, Verve::calling_loopback(extra, &[]))
+}
+
+/// In the window now open: `PATHS_PER_ADDR` tarpit endpoints on each of `ips` (ids 1…),
+/// then the healthy one (id 0); every request must be answered 200. The last id used.
+fn register(conn: &mut Conn, ips: &[Ipv4Addr], tarpit: &Tarpit, healthy: &Receiver) -> i64 {
+    // The tarpits first: a first-come queue would put the healthy endpoint behind them all.
+    let mut id = 0;
+    for ip in ips {
+        for path in 0..PATHS_PER_ADDR {
+            id += 1;
+            let endpoint = format!("http://{ip}:{}/tarpit-{path}", tarpit.port);
+            let reply = conn.get(&format!(
+                "/api/verve/accept?id={id}&endpoint={}",
+                encode(&endpoint)
+            ));
+            assert_eq!(reply.status, 200, "{endpoint}: the id counts either way");
+        }
+    }
+    let reply = conn.get(&format!(
+        "/api/verve/accept?id=0&endpoint={}",
+        encode(&healthy.url("/healthy"))
+    ));
+    assert_eq!(reply.status, 200);
+    id
+}
+
+#[test]
+fn tarpits_in_one_prefix_delay_no_other_prefix_and_expire_at_the_deadline() {
+    let (ips, tarpit, healthy, verve) = tarpits_and_healthy(&[
         "--callback-max-endpoints",
         "1000",
         "--callback-max-per-domain",
@@ -47,25 +74,7 @@ fn tarpits_in_one_prefix_delay_no_other_prefix_and_expire_at_the_deadline() {
     let tarpits = ips.len() * PATHS_PER_ADDR;
 
     let window = sleep_into_next_window(1, 50);
-    let mut conn = verve.connect();
-    // The tarpits first: a first-come queue would put the healthy endpoint behind them all.
-    let mut id = 0;
-    for ip in &ips {
-        for path in 0..PATHS_PER_ADDR {
-            id += 1;
-            let endpoint = format!("http://{ip}:{}/tarpit-{path}", tarpit.port);
-            let reply = conn.get(&format!(
-                "/api/verve/accept?id={id}&endpoint={}",
-                encode(&endpoint)
-            ));
-            assert_eq!(reply.status, 200, "{endpoint}");
-        }
-    }
-    let reply = conn.get(&format!(
-        "/api/verve/accept?id=0&endpoint={}",
-        encode(&healthy.url("/healthy"))
-    ));
-    assert_eq!(reply.status, 200);
+    register(&mut verve.connect(), &ips, &tarpit, &healthy);
     assert!(
         now_ms() < (window + 1) * 1000,
         "the endpoints did not fit in one window"
@@ -176,45 +185,14 @@ fn tarpits_in_one_prefix_delay_no_other_prefix_and_expire_at_the_deadline() {
 /// slot and its POST, and every id counts.
 #[test]
 fn one_prefix_cannot_take_every_endpoint_slot() {
-    let ips: Vec<Ipv4Addr> = (2..2 + TARPIT_ADDRS)
-        .map(|d| Ipv4Addr::new(127, 0, 0, d))
-        .collect();
-    let tarpit = Tarpit::start(&ips);
-    let healthy = Receiver::start_on("127.1.0.1");
-    let verve = Verve::start(&[
-        "--window-secs",
-        "1",
-        "--grace-ms",
-        "200",
-        "--callback-allow",
-        "127.0.0.0/8",
+    let (ips, tarpit, healthy, verve) = tarpits_and_healthy(&[
         "--callback-max-endpoints",
         "120",
         "--callback-max-per-domain",
         "50",
     ]);
     let window = sleep_into_next_window(1, 50);
-    let mut conn = verve.connect();
-    let mut id = 0;
-    for ip in &ips {
-        for path in 0..PATHS_PER_ADDR {
-            id += 1;
-            let endpoint = format!("http://{ip}:{}/slot-{path}", tarpit.port);
-            let reply = conn.get(&format!(
-                "/api/verve/accept?id={id}&endpoint={}",
-                encode(&endpoint)
-            ));
-            assert_eq!(
-                reply.status, 200,
-                "the id counts even when its endpoint does not"
-            );
-        }
-    }
-    let reply = conn.get(&format!(
-        "/api/verve/accept?id=0&endpoint={}",
-        encode(&healthy.url("/healthy"))
-    ));
-    assert_eq!(reply.status, 200);
+    let id = register(&mut verve.connect(), &ips, &tarpit, &healthy);
     let line = verve.wait_window(window, Duration::from_secs(5));
     assert_eq!(line.count(), id as u64 + 1);
     common::wait_for(Duration::from_secs(5), || {

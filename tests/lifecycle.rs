@@ -118,14 +118,7 @@ fn flags_win_over_environment() {
 #[test]
 fn shutdown_under_load_loses_no_answered_id_and_posts_no_partial_window() {
     let receiver = Receiver::start();
-    let mut verve = Verve::start(&[
-        "--window-secs",
-        "1",
-        "--grace-ms",
-        "200",
-        "--callback-allow",
-        "127.0.0.0/8",
-    ]);
+    let mut verve = Verve::calling_loopback(&[], &[]);
     let endpoint = encode(&receiver.url("/hook"));
     let stop = Arc::new(AtomicBool::new(false));
     let addr = verve.addr;

@@ -88,6 +88,21 @@ impl Verve {
         }
     }
 
+    /// Verve with one-second windows whose callbacks may reach loopback, plus `extra` flags
+    /// and environment.
+    pub fn calling_loopback(extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut args = vec![
+            "--window-secs",
+            "1",
+            "--grace-ms",
+            "200",
+            "--callback-allow",
+            "127.0.0.0/8",
+        ];
+        args.extend_from_slice(extra);
+        Self::start_with_env(&args, env)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -384,7 +399,13 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+        Self::start_on("127.0.0.1")
+    }
+
+    /// A receiver listening on `ip` (any loopback address, e.g. `127.1.0.1`), so that it
+    /// sits in an address prefix of its own.
+    pub fn start_on(ip: &str) -> Self {
+        let listener = TcpListener::bind((ip, 0)).expect("bind receiver");
         let addr = listener.local_addr().unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&got);
@@ -884,24 +905,6 @@ pub fn send_ids(
         .into_iter()
         .flat_map(|w| w.join().expect("sender"))
         .collect()
-}
-
-impl Receiver {
-    /// A [`Receiver`] listening on `ip` (any loopback address, e.g. `127.1.0.1`), so that
-    /// it sits in an address prefix of its own.
-    pub fn start_on(ip: &str) -> Self {
-        let listener = TcpListener::bind((ip, 0)).expect("bind receiver");
-        let addr = listener.local_addr().unwrap();
-        let got = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&got);
-        thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let sink = Arc::clone(&sink);
-                thread::spawn(move || serve_receiver(stream, &sink));
-            }
-        });
-        Self { addr, got }
-    }
 }
 
 /// A tarpit connection: opened and (once the client gave up) closed, in epoch ms.
