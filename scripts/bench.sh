@@ -1,25 +1,28 @@
 #!/usr/bin/env bash
-# Throughput of verve against a bare hyper server answering `ok`, measured alternately in the
-# same run with the same release profile (SPEC §8):
-#   single        single node, every id fresh                       target >= 0.90 x bare
-#   fleet-unique  fleet mode on a local redis-server, every id fresh target >= 0.60 x bare
-#   fleet-repeat  fleet mode, every id sent 10 times                 target >= 0.85 x bare
-# Usage: scripts/bench.sh [SECONDS_PER_RUN] [ROUNDS] [SCENARIO...]   (defaults: 10 3, all)
+# Throughput and CPU per request of verve against a bare hyper server answering `ok`, measured
+# alternately in the same run with the same release profile (SPEC §8):
+#   single          single node, every id fresh                     target >= 0.95 x bare,
+#                                                                   CPU/request <= 1.10 x bare's
+#   single-endpoint single node, every id fresh, each with one of 16 percent-encoded endpoints
+#   fleet-unique    fleet mode on a local redis-server, every id fresh target >= 0.70 x bare
+#   fleet-repeat    fleet mode, every id sent 10 times                 target >= 0.90 x bare
+# Usage: scripts/bench.sh [SECONDS_PER_RUN] [ROUNDS] [SCENARIO...]   (defaults: 10 7, all)
 # Every run is paired with a bare run just before it; prints each run's rate, p99 (wrk's,
-# indicative) and ratio, the median ratio per scenario, and for the fleet scenarios the Redis
-# commands per request from INFO commandstats. BENCH_CONNECTIONS (64) sets wrk's connections.
-# The fleet instance runs as the README says to run against one Redis server, with
-# --redis-shards 1; BENCH_FLEET_ARGS replaces its extra flags (BENCH_FLEET_ARGS="" runs the
-# default 16 shards, the layout meant for a cluster). Loopback only.
+# indicative), ratio and CPU time per request of each process (from /proc/<pid>/stat over the
+# run: verve or bare, and Redis for the fleet), then per scenario the medians. For the fleet
+# scenarios also the Redis commands per request from INFO commandstats. BENCH_CONNECTIONS (64)
+# sets wrk's connections. The fleet instance runs as the README says to run against one Redis
+# server, with --redis-shards 1; BENCH_FLEET_ARGS replaces its extra flags (BENCH_FLEET_ARGS=""
+# runs the default 16 shards, the layout meant for a cluster). Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
 secs=${1:-10}
-rounds=${2:-3}
+rounds=${2:-7}
 shift $(( $# < 2 ? $# : 2 ))
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(single fleet-unique fleet-repeat)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(single single-endpoint fleet-unique fleet-repeat)
 conns=${BENCH_CONNECTIONS:-64}
 need wrk wrk
 need redis-server redis-server
@@ -34,60 +37,77 @@ start_server single_pid single_addr "$tmp/single.out" target/release/verve \
 pids+=("$single_pid")
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >"$tmp/redis.out" 2>&1 &
-pids+=("$!")
+redis_pid=$!
+pids+=("$redis_pid")
 for _ in $(seq 1 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
 start_server fleet_pid fleet_addr "$tmp/fleet.out" target/release/verve \
   --listen 127.0.0.1:0 --log-file "$tmp/fleet.log" --redis-url "redis://127.0.0.1:$redis_port" \
   ${BENCH_FLEET_ARGS---redis-shards 1}
 pids+=("$fleet_pid")
 
-run() { # run ADDR SCRIPT -> prints "rate p99 requests"
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system CPU, in clock ticks
+tick_us=$(awk -v hz="$(getconf CLK_TCK)" 'BEGIN {print 1000000 / hz}')
+run() { # run ADDR SCRIPT PID -> prints "rate p99 requests cpu_us_per_request redis_cpu_us_per_request"
+  local t0 r0 t1 r1
+  t0=$(ticks "$3"); r0=$(ticks "$redis_pid")
   wrk -t2 -c"$conns" -d"${secs}s" --latency -s "scripts/wrk/$2.lua" "http://$1/api/verve/accept" >"$tmp/wrk.out"
+  t1=$(ticks "$3"); r1=$(ticks "$redis_pid")
   grep -q "Non-2xx" "$tmp/wrk.out" && { echo "non-2xx answers:" >&2; cat "$tmp/wrk.out" >&2; exit 1; }
   local rate p99 n
   rate=$(awk '/^Requests\/sec:/ {print $2}' "$tmp/wrk.out")
   p99=$(awk '$1 == "99%" {print $2}' "$tmp/wrk.out")
   n=$(awk '/requests in/ {print $1}' "$tmp/wrk.out")
-  echo "$rate $p99 $n"
+  awk -v rate="$rate" -v p99="$p99" -v n="$n" -v t=$((t1 - t0)) -v r=$((r1 - r0)) -v us="$tick_us" \
+    'BEGIN {printf "%s %s %s %.3f %.3f\n", rate, p99, n, t * us / n, r * us / n}'
 }
 redis_calls() { redis-cli -p "$redis_port" info commandstats | awk -F'[:=,]' '/^cmdstat_/ {n += $3} END {print n+0}'; }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 echo "wrk -t2 -c$conns -d${secs}s, $rounds rounds, each run paired with a bare run; bare=$bare_addr single=$single_addr fleet=$fleet_addr (${BENCH_FLEET_ARGS---redis-shards 1}) redis=:$redis_port"
 : >"$tmp/bare.rates"
-for s in "${scenarios[@]}"; do : >"$tmp/$s.rates"; : >"$tmp/$s.ratios"; : >"$tmp/$s.cpr"; done
+: >"$tmp/bare.cpu"
+for s in "${scenarios[@]}"; do
+  for f in rates ratios cpr cpu cpuratio rcpu; do : >"$tmp/$s.$f"; done
+done
 for r in $(seq 1 "$rounds"); do
   for s in "${scenarios[@]}"; do
     case $s in
-      single) addr=$single_addr script=unique ;;
-      fleet-unique) addr=$fleet_addr script=unique ;;
-      fleet-repeat) addr=$fleet_addr script=repeat10 ;;
+      single) addr=$single_addr pid=$single_pid script=unique ;;
+      single-endpoint) addr=$single_addr pid=$single_pid script=endpoint ;;
+      fleet-unique) addr=$fleet_addr pid=$fleet_pid script=unique ;;
+      fleet-repeat) addr=$fleet_addr pid=$fleet_pid script=repeat10 ;;
       *) echo "unknown scenario $s" >&2; exit 2 ;;
     esac
     # Each run is paired with a bare run just before it: this VM's speed drifts by 10-20 %
-    # within minutes, and a ratio of neighbours cancels most of that drift.
-    read -r bare p99 _ <<<"$(run "$bare_addr" unique)"
+    # within minutes, and a ratio of neighbours cancels most of that drift. CPU time per
+    # request drifts much less.
+    read -r bare p99 _ bare_cpu _ <<<"$(run "$bare_addr" unique "$bare_pid")"
     echo "$bare" >>"$tmp/bare.rates"
-    printf 'round %d  %-13s %9.0f req/s  p99 %s\n' "$r" bare "$bare" "$p99"
+    echo "$bare_cpu" >>"$tmp/bare.cpu"
+    printf 'round %d  %-15s %9.0f req/s  p99 %s  cpu %s us/req\n' "$r" bare "$bare" "$p99" "$bare_cpu"
     before=$(redis_calls)
-    read -r rate p99 n <<<"$(run "$addr" "$script")"
+    read -r rate p99 n cpu rcpu <<<"$(run "$addr" "$script" "$pid")"
     echo "$rate" >>"$tmp/$s.rates"
+    echo "$cpu" >>"$tmp/$s.cpu"
     awk -v v="$rate" -v b="$bare" 'BEGIN {printf "%.4f\n", v/b}' >>"$tmp/$s.ratios"
+    awk -v v="$cpu" -v b="$bare_cpu" 'BEGIN {printf "%.4f\n", v/b}' >>"$tmp/$s.cpuratio"
     extra=""
-    if [ "$s" != single ]; then
+    if [[ $s == fleet-* ]]; then
       cpr=$(awk -v c="$(( $(redis_calls) - before ))" -v n="$n" 'BEGIN {printf "%.3f", c/n}')
       echo "$cpr" >>"$tmp/$s.cpr"
-      extra="  redis commands/request $cpr"
+      echo "$rcpu" >>"$tmp/$s.rcpu"
+      extra="  redis cpu $rcpu us/req, commands/request $cpr"
     fi
-    printf 'round %d  %-13s %9.0f req/s  p99 %s  ratio %s%s\n' "$r" "$s" "$rate" "$p99" \
-      "$(tail -n1 "$tmp/$s.ratios")" "$extra"
+    printf 'round %d  %-15s %9.0f req/s  p99 %s  ratio %s  cpu %s us/req (%sx bare)%s\n' "$r" "$s" \
+      "$rate" "$p99" "$(tail -n1 "$tmp/$s.ratios")" "$cpu" "$(tail -n1 "$tmp/$s.cpuratio")" "$extra"
   done
 done
-printf '\nmedian bare %.0f req/s\n' "$(median <"$tmp/bare.rates")"
+printf '\nmedian bare %.0f req/s, cpu %s us/req\n' "$(median <"$tmp/bare.rates")" "$(median <"$tmp/bare.cpu")"
 for s in "${scenarios[@]}"; do
-  target=$(case $s in single) echo 0.90 ;; fleet-unique) echo 0.60 ;; fleet-repeat) echo 0.85 ;; esac)
-  cpr=""
-  [ -s "$tmp/$s.cpr" ] && cpr=", redis commands/request $(median <"$tmp/$s.cpr")"
-  printf '%-13s %9.0f req/s  median ratio %.3f (target >= %s)%s\n' "$s" \
-    "$(median <"$tmp/$s.rates")" "$(median <"$tmp/$s.ratios")" "$target" "$cpr"
+  target=$(case $s in single) echo 0.95 ;; single-endpoint) echo - ;; fleet-unique) echo 0.70 ;; fleet-repeat) echo 0.90 ;; esac)
+  fleet=""
+  [ -s "$tmp/$s.cpr" ] && fleet=", redis cpu $(median <"$tmp/$s.rcpu") us/req, commands/request $(median <"$tmp/$s.cpr")"
+  printf '%-15s %9.0f req/s  median ratio %.3f (target >= %s)  cpu %s us/req, median %.3fx bare%s\n' "$s" \
+    "$(median <"$tmp/$s.rates")" "$(median <"$tmp/$s.ratios")" "$target" "$(median <"$tmp/$s.cpu")" \
+    "$(median <"$tmp/$s.cpuratio")" "$fleet"
 done

@@ -63,8 +63,10 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub callback_max_per_domain: u32,
 
-    /// Threads delivering callbacks (each holds one delivery at a time).
-    #[arg(long, env = "VERVE_CALLBACK_WORKERS", default_value_t = 16,
+    /// Threads delivering callbacks at most (each holds one delivery at a time); started
+    /// as deliveries need them, so that slow targets never leave another destination's
+    /// delivery waiting for one.
+    #[arg(long, env = "VERVE_CALLBACK_WORKERS", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub callback_workers: u32,
 

@@ -37,14 +37,23 @@ struct Logger {
     diagnostics: env_logger::Logger,
 }
 
+/// Whether a diagnostic would print a callback's URL: the HTTP client shows whole request
+/// targets (with their path and query tokens) at trace level, and hides them below it.
+fn shows_callback_urls(metadata: &Metadata) -> bool {
+    metadata.level() == log::Level::Trace && metadata.target().starts_with("ureq")
+}
+
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.target() == TARGET || self.diagnostics.enabled(metadata)
+        metadata.target() == TARGET
+            || (self.diagnostics.enabled(metadata) && !shows_callback_urls(metadata))
     }
 
     fn log(&self, record: &Record) {
         if record.target() != TARGET {
-            self.diagnostics.log(record);
+            if !shows_callback_urls(record.metadata()) {
+                self.diagnostics.log(record);
+            }
             return;
         }
         let Some(sink) = SINK.get() else { return };

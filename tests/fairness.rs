@@ -206,3 +206,47 @@ fn one_prefix_cannot_take_every_endpoint_slot() {
     );
     assert_eq!(verve.metric("verve_endpoints_dropped_total"), 0);
 }
+
+/// Tarpits spread over many prefixes (one endpoint on each of 96 /24s, within every cap)
+/// hold two workers per prefix at most, and threads are started while deliveries wait: another
+/// prefix's POST still goes out at once.
+#[test]
+fn tarpits_in_many_prefixes_delay_no_other_prefix() {
+    let ips: Vec<Ipv4Addr> = (0..96).map(|c| Ipv4Addr::new(127, 50, c, 1)).collect();
+    let tarpit = Tarpit::start(&ips);
+    let healthy = Receiver::start_on("127.1.0.1");
+    let verve = Verve::calling_loopback(&[], &[]);
+    let window = sleep_into_next_window(1, 50);
+    let mut conn = verve.connect();
+    for (id, ip) in ips.iter().enumerate() {
+        let endpoint = format!("http://{ip}:{}/tarpit", tarpit.port);
+        let reply = conn.get(&format!(
+            "/api/verve/accept?id={id}&endpoint={}",
+            encode(&endpoint)
+        ));
+        assert_eq!(reply.status, 200, "{endpoint}");
+    }
+    let reply = conn.get(&format!(
+        "/api/verve/accept?id=1000&endpoint={}",
+        encode(&healthy.url("/healthy"))
+    ));
+    assert_eq!(reply.status, 200);
+    let line = verve.wait_window(window, Duration::from_secs(5));
+    let final_ms = line_ms(&line);
+    let posted = common::wait_for(Duration::from_secs(10), || {
+        (!healthy.to("/healthy").is_empty()).then(now_ms)
+    })
+    .unwrap_or_else(|| panic!("the healthy endpoint got no POST:\n{}", verve.log_text()));
+    let took = posted - final_ms;
+    eprintln!("healthy POST seen {took} ms after the window's count line (96 tarpit prefixes)");
+    assert!(took <= 3_000, "the healthy POST waited {took} ms");
+    let all_tried = common::wait_for(Duration::from_secs(3), || {
+        (tarpit.accepted() >= ips.len()).then_some(())
+    });
+    assert!(
+        all_tried.is_some(),
+        "{} of {} tarpits tried in parallel",
+        tarpit.accepted(),
+        ips.len()
+    );
+}

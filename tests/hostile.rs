@@ -80,6 +80,7 @@ fn hostile_endpoints_are_refused_or_normalized_and_never_forge_a_line() {
         "1000",
     ]);
     let here = receiver.addr;
+    let port = here.port();
     // (raw `endpoint` value as sent in the query, what it must become: None = 400).
     let forged = "%0A2026-11-24T14:06:01.004Z%20INFO%20unique_requests%20\
                   window_start=2026-11-24T14:05:00Z%20window_secs=60%20\
@@ -123,9 +124,37 @@ fn hostile_endpoints_are_refused_or_normalized_and_never_forge_a_line() {
             format!("http://{here}/triple%2525250A"),
             Some(format!("http://{here}/triple%25250A")),
         ),
+        // Hosts ending in a number that are no IPv4 address.
+        ("http://1.2.3.4.5/five-parts".to_string(), None),
+        ("http://999.1.1.1/too-big".to_string(), None),
+        ("http://example.123/numeric-tld".to_string(), None),
         // Spellings of one target: one endpoint, one POST.
         (
             format!("http://{here}/same"),
+            Some(format!("http://{here}/same")),
+        ),
+        (
+            format!("http://127.1:{port}/same"),
+            Some(format!("http://{here}/same")),
+        ),
+        (
+            format!("http://2130706433:{port}/same"),
+            Some(format!("http://{here}/same")),
+        ),
+        (
+            format!("http://0177.0.0.1:{port}/same"),
+            Some(format!("http://{here}/same")),
+        ),
+        (
+            format!("http://0x7F.0.0.1:{port}/same"),
+            Some(format!("http://{here}/same")),
+        ),
+        (
+            format!("http://017700000001:{port}/same"),
+            Some(format!("http://{here}/same")),
+        ),
+        (
+            format!("http://127.0.0.1.:{port}/same"),
             Some(format!("http://{here}/same")),
         ),
         (
@@ -378,4 +407,50 @@ fn shutdown_never_answers_ok_after_the_partial_line() {
         assert!(line.count() <= 1, "id 777 was counted: {}", line.raw);
     }
     assert_log_grammar(&verve.log_text());
+}
+
+/// Diagnostics at every level keep a callback's path and query (its tokens) out: the HTTP
+/// client prints whole request targets at trace level, and verve holds those records back.
+#[test]
+fn trace_diagnostics_never_show_callback_tokens() {
+    let receiver = Receiver::start();
+    let dir = common::TempDir::new("trace");
+    let stderr = dir.0.join("stderr");
+    let verve = Verve::start_with_stderr(
+        &[
+            "--window-secs",
+            "1",
+            "--grace-ms",
+            "200",
+            "--callback-allow",
+            "127.0.0.0/8",
+        ],
+        &[
+            ("RUST_LOG", "trace"),
+            ("VERVE_CALLBACK_SECRET", "whsec_c2VjcmV0c2lnbmluZ2tleQ=="),
+        ],
+        &stderr,
+    );
+    let window = sleep_into_next_window(1, 100);
+    let hook = receiver.url("/hook/PathTok789?sig=QueryTok000");
+    let reply = verve.get(&format!(
+        "/api/verve/accept?id=1&endpoint={}",
+        common::encode(&hook)
+    ));
+    assert_eq!(reply.status, 200);
+    verve.wait_window(window, Duration::from_secs(5));
+    wait_for(Duration::from_secs(5), || {
+        (!receiver.to("/hook/").is_empty()).then_some(())
+    })
+    .expect("the POST");
+    std::thread::sleep(Duration::from_millis(300));
+    let diagnostics = std::fs::read_to_string(&stderr).unwrap();
+    assert!(!diagnostics.is_empty(), "nothing logged at trace level");
+    for token in ["PathTok789", "QueryTok000", "c2VjcmV0c2lnbmluZ2tleQ"] {
+        assert!(
+            !diagnostics.contains(token),
+            "stderr shows {token}:\n{diagnostics}"
+        );
+    }
+    assert!(!verve.log_text().contains("PathTok789"));
 }

@@ -169,6 +169,44 @@ struct Pool {
     state: Mutex<State>,
     /// Signalled when work may have become takeable, and when closing.
     wake: Condvar,
+    /// The worker threads started so far (at most `--callback-workers`), joined at close.
+    handles: Mutex<Vec<JoinHandle<()>>>,
+    /// What each worker is started with.
+    agent: Agent,
+    settings: Arc<Settings>,
+    metrics: Arc<Metrics>,
+}
+
+impl Pool {
+    /// Starts one more worker when work is takeable, none waits for it and the pool is below
+    /// `--callback-workers`: threads are started as deliveries need them, so that one slow
+    /// destination after another (each capped per prefix) never leaves another prefix's
+    /// delivery waiting for a thread, and an idle pool holds none.
+    fn grow(self: &Arc<Self>, state: &mut State) {
+        if !state.open
+            || state.idle > 0
+            || state.started >= self.settings.workers
+            || !state.schedule.has_ready()
+        {
+            return;
+        }
+        let worker = Worker {
+            pool: Arc::clone(self),
+            agent: self.agent.clone(),
+            settings: Arc::clone(&self.settings),
+            metrics: Arc::clone(&self.metrics),
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("verve-callback-{}", state.started))
+            .spawn(move || worker.run());
+        match spawned {
+            Ok(handle) => {
+                state.started += 1;
+                self.handles.lock().push(handle);
+            }
+            Err(e) => log::warn!("cannot start a callback worker thread: {e}"),
+        }
+    }
 }
 
 struct State {
@@ -178,12 +216,14 @@ struct State {
     open: bool,
     /// Set at the shutdown deadline: workers leave at once and what is queued is dropped.
     abandon: bool,
+    /// Workers started, and those waiting for work.
+    started: usize,
+    idle: usize,
 }
 
 /// The delivery pool: a bounded schedule and the worker threads that empty it.
 pub struct Callbacks {
     pool: Arc<Pool>,
-    workers: Mutex<Vec<JoinHandle<()>>>,
     /// Deliveries held at most (queued, backing off or being sent); beyond it new ones are
     /// dropped and counted.
     capacity: usize,
@@ -193,36 +233,25 @@ pub struct Callbacks {
 }
 
 impl Callbacks {
-    /// Starts the worker threads.
+    /// The pool; worker threads start as deliveries arrive.
     pub fn start(settings: Settings, metrics: Arc<Metrics>) -> Self {
+        let (capacity, expiry) = (settings.queue, settings.expiry());
         let pool = Arc::new(Pool {
             state: Mutex::new(State {
                 schedule: Schedule::new(settings.prefix_concurrency),
                 open: true,
                 abandon: false,
+                started: 0,
+                idle: 0,
             }),
             wake: Condvar::new(),
+            handles: Mutex::new(Vec::new()),
+            agent: agent(&settings),
+            settings: Arc::new(settings),
+            metrics: Arc::clone(&metrics),
         });
-        let agent = agent(&settings);
-        let (capacity, expiry) = (settings.queue, settings.expiry());
-        let settings = Arc::new(settings);
-        let workers = (0..settings.workers)
-            .map(|n| {
-                let worker = Worker {
-                    pool: Arc::clone(&pool),
-                    agent: agent.clone(),
-                    settings: Arc::clone(&settings),
-                    metrics: Arc::clone(&metrics),
-                };
-                std::thread::Builder::new()
-                    .name(format!("verve-callback-{n}"))
-                    .spawn(move || worker.run())
-                    .expect("spawn callback worker thread")
-            })
-            .collect();
         Self {
             pool,
-            workers: Mutex::new(workers),
             capacity,
             expiry,
             metrics,
@@ -248,6 +277,7 @@ impl Callbacks {
             return false;
         }
         state.schedule.push(key, delivery, deadline);
+        self.pool.grow(&mut state);
         drop(state);
         self.pool.wake.notify_one();
         true
@@ -255,9 +285,9 @@ impl Callbacks {
 
     /// Stops taking deliveries and waits up to `deadline` for the queued ones to finish.
     pub async fn close(&self, deadline: Duration) {
-        self.pool.state.lock().open = false;
+        self.pool.state.lock().open = false; // no worker is started from here on
         self.pool.wake.notify_all();
-        let workers = std::mem::take(&mut *self.workers.lock());
+        let workers = std::mem::take(&mut *self.pool.handles.lock());
         // Joined on a plain thread, not the runtime's blocking pool: the runtime waits for its
         // blocking tasks when it is dropped, so a worker stuck in an attempt would hold the
         // exit past the deadline.
@@ -362,6 +392,7 @@ impl Worker {
                 if state.schedule.has_ready() {
                     // Several jobs may have become takeable at once (backoffs ending
                     // together): pass the turn on so they start in parallel.
+                    self.pool.grow(&mut state);
                     self.pool.wake.notify_one();
                 }
                 let next = MutexGuard::unlocked(&mut state, || self.work(&mut delivery, deadline));
@@ -371,7 +402,8 @@ impl Worker {
                 }
                 match next {
                     Next::Done => {}
-                    Next::Queue(prefix) => state.schedule.push(prefix, delivery, deadline),
+                    // Its turn was the look-up: it keeps its place, ahead of the ring.
+                    Next::Queue(prefix) => state.schedule.push_first(prefix, delivery, deadline),
                     Next::Retry(not_before) => {
                         state
                             .schedule
@@ -382,6 +414,7 @@ impl Worker {
                     }
                 }
                 // A slot is free, or a delivery joined a lane: someone may take it.
+                self.pool.grow(&mut state);
                 self.pool.wake.notify_one();
                 continue;
             }
@@ -389,12 +422,14 @@ impl Worker {
                 self.pool.wake.notify_all(); // closed and drained: everyone leaves
                 return;
             }
+            state.idle += 1;
             match state.schedule.wake_at() {
                 Some(at) => {
                     self.pool.wake.wait_until(&mut state, at);
                 }
                 None => self.pool.wake.wait(&mut state),
             }
+            state.idle -= 1;
         }
     }
 

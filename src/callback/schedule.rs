@@ -192,6 +192,19 @@ impl<T> Schedule<T> {
         self.enlist(&key);
     }
 
+    /// Adds a job at the front of its lane, and its lane at the front of the turn order: for
+    /// a job whose turn was spent on something else (looking up where it goes).
+    pub fn push_first(&mut self, key: Key, job: T, deadline: Instant) {
+        self.note_deadline(deadline);
+        self.queued += 1;
+        let lane = self.lanes.entry(key.clone()).or_default();
+        lane.ready.push_front(Queued { job, deadline });
+        if !lane.in_ring && lane.running < self.cap {
+            lane.in_ring = true;
+            self.ring.push_front(key);
+        }
+    }
+
     /// Adds a job that may not be taken before `not_before` (a retry's backoff); then it goes
     /// to the front of its lane, ahead of jobs not yet started.
     pub fn push_later(&mut self, key: Key, job: T, deadline: Instant, not_before: Instant) {

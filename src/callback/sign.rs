@@ -28,7 +28,7 @@ impl Signer {
         let bytes = match secret.strip_prefix("whsec_") {
             Some(encoded) => STANDARD
                 .decode(encoded)
-                .map_err(|e| format!("the whsec_ part is not base64 ({e})"))?,
+                .map_err(|_| "the whsec_ part is not base64".to_string())?,
             None => secret.as_bytes().to_vec(),
         };
         if bytes.is_empty() {

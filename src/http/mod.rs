@@ -494,30 +494,33 @@ async fn accept_in_fleet(
     }
     // fred's command futures are several KiB: boxed here, they are only built for a new
     // endpoint instead of being carried (and copied) by every request's future.
-    if let Some(endpoint) = endpoint
-        && with_endpoint(&endpoint, |e| register_locally(shared, &admission, e))
-        && let Err(e) = Box::pin(store.add_endpoint(window.start, &endpoint, expiry)).await
-    {
-        log::debug!(
-            "registering an endpoint for window {} failed: {e}",
-            window.start
-        );
-        with_endpoint(&endpoint, |e| {
-            window.unregister_endpoint(e);
-            true
-        });
-        shared.metrics.store_call(Duration::ZERO, false);
-        return answer(shared, Outcome::Unavailable);
+    if let Some(endpoint) = endpoint {
+        // Normalized by this request already: it parses again (a failure is a bug, and is
+        // answered as an unknown outcome rather than an `ok` without its endpoint).
+        let Some(added) = with_endpoint(&endpoint, |e| register_locally(shared, &admission, e))
+        else {
+            return answer(shared, Outcome::Unavailable);
+        };
+        if added && let Err(e) = Box::pin(store.add_endpoint(window.start, &endpoint, expiry)).await
+        {
+            log::debug!(
+                "registering an endpoint for window {} failed: {e}",
+                window.start
+            );
+            with_endpoint(&endpoint, |e| window.unregister_endpoint(e));
+            shared.metrics.store_call(Duration::ZERO, false);
+            return answer(shared, Outcome::Unavailable);
+        }
     }
     drop(admission);
     answer(shared, Outcome::Ok)
 }
 
 /// Runs `f` on a normalized endpoint held by a request's future (its buffer lives on the
-/// stack of this call only, not in the future); false if it does not parse.
-fn with_endpoint(url: &str, f: impl FnOnce(&Endpoint<'_>) -> bool) -> bool {
+/// stack of this call only, not in the future); `None` if it does not parse.
+fn with_endpoint<T>(url: &str, f: impl FnOnce(&Endpoint<'_>) -> T) -> Option<T> {
     let mut buf = EndpointBuf::new();
-    Endpoint::parse_decoded(url, &mut buf).is_ok_and(|e| f(&e))
+    Endpoint::parse_decoded(url, &mut buf).ok().map(|e| f(&e))
 }
 
 /// The response for an outcome of the accept path, counted in metrics.

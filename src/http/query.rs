@@ -11,6 +11,10 @@ use std::sync::OnceLock;
 /// Longest decoded endpoint accepted, in bytes.
 pub const MAX_ENDPOINT_LEN: usize = 2048;
 
+/// Longest normalized endpoint: normalizing adds at most a `/` and the growth of an IP
+/// literal written canonically (`[::ffff:7f00:1]` is `[::ffff:127.0.0.1]`).
+pub const MAX_NORMALIZED_LEN: usize = MAX_ENDPOINT_LEN + 64;
+
 /// A valid accept query. The endpoint is still raw (percent-encoded): [`Endpoint::parse`]
 /// decodes it, and [`parse`] has already checked that it does.
 #[derive(Debug, PartialEq, Eq)]
@@ -122,12 +126,12 @@ pub fn parse_id(raw: &str) -> Result<i64, QueryError> {
     Ok(value)
 }
 
-/// Room for one normalized endpoint (the decoded limit, plus a `/` for an empty path).
-pub struct EndpointBuf([u8; MAX_ENDPOINT_LEN + 1]);
+/// Room for one normalized endpoint.
+pub struct EndpointBuf([u8; MAX_NORMALIZED_LEN]);
 
 impl EndpointBuf {
     pub fn new() -> Self {
-        Self([0; MAX_ENDPOINT_LEN + 1])
+        Self([0; MAX_NORMALIZED_LEN])
     }
 }
 
@@ -137,8 +141,10 @@ impl Default for EndpointBuf {
     }
 }
 
-/// A valid endpoint in its normalized form (SPEC §2): scheme and host lower-cased, the
-/// default port dropped, an empty path made `/`. Two spellings of one target are equal.
+/// A valid endpoint in its normalized form (SPEC §2): scheme and host lower-cased, a host's
+/// final dot dropped, an IP literal written canonically (every IPv4 spelling — `127.1`,
+/// `2130706433`, `0x7f.0.0.1`, `0177.0.0.1` — as its dotted quad, IPv6 compressed), the default
+/// port dropped, an empty path made `/`. Two spellings of one target are equal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Endpoint<'b> {
     normalized: &'b str,
@@ -167,7 +173,7 @@ impl<'b> Endpoint<'b> {
     /// Checks and normalizes an already decoded URL (a stored endpoint, say).
     pub fn parse_decoded(url: &str, buf: &'b mut EndpointBuf) -> Result<Self, QueryError> {
         let len = url.len();
-        if len > MAX_ENDPOINT_LEN {
+        if len > MAX_NORMALIZED_LEN {
             return Err(QueryError::BadEndpoint);
         }
         buf.0[..len].copy_from_slice(url.as_bytes());
@@ -204,13 +210,18 @@ impl<'b> Endpoint<'b> {
             .iter()
             .rposition(|&b| b == b':')
             .filter(|&c| !authority[c..].contains(&b']'));
-        let host_end = colon.map_or(authority_end, |c| host_start + c);
-        if !is_host(&url[host_start..host_end]) {
+        let mut host_end = colon.map_or(authority_end, |c| host_start + c);
+        let mut authority_end = authority_end;
+        if !is_host(&url[host_start..host_end]) || !is_path_and_query(&url[authority_end..len]) {
             return Err(bad);
         }
         url[host_start..host_end].make_ascii_lowercase();
-        if !is_path_and_query(&url[authority_end..len]) {
-            return Err(bad);
+        let mut canonical = [0u8; 48];
+        if let Some(host) = canonical_host(&url[host_start..host_end], &mut canonical)? {
+            let grown = host.len() as isize - (host_end - host_start) as isize;
+            len = splice(url, len, host_start..host_end, host)?;
+            host_end = host_end.saturating_add_signed(grown);
+            authority_end = authority_end.saturating_add_signed(grown);
         }
         // The port: canonical decimal, dropped when it is the scheme's default (or empty).
         let port = match colon {
@@ -222,10 +233,10 @@ impl<'b> Endpoint<'b> {
             Some(port) if port != default_port => port_text(port, &mut digits),
             _ => &[],
         };
-        len = splice(url, len, host_end..authority_end, port_text);
+        len = splice(url, len, host_end..authority_end, port_text)?;
         let origin_len = host_end + port_text.len();
         if origin_len == len || url[origin_len] != b'/' {
-            len = splice(url, len, origin_len..origin_len, b"/");
+            len = splice(url, len, origin_len..origin_len, b"/")?;
         }
         let normalized = std::str::from_utf8(&url[..len]).map_err(|_| bad)?;
         Ok(Self {
@@ -378,12 +389,97 @@ fn parse_port(digits: &[u8]) -> Option<Option<u16>> {
     u16::try_from(value).ok().filter(|&p| p > 0).map(Some)
 }
 
-/// Replaces `range` of `buf[..len]` with `with`; the new length.
-fn splice(buf: &mut [u8], len: usize, range: std::ops::Range<usize>, with: &[u8]) -> usize {
+/// Replaces `range` of `buf[..len]` with `with`; the new length, or bad input when it would
+/// not fit in `buf`.
+fn splice(
+    buf: &mut [u8],
+    len: usize,
+    range: std::ops::Range<usize>,
+    with: &[u8],
+) -> Result<usize, QueryError> {
     let new_len = len - range.len() + with.len();
+    if new_len > buf.len() {
+        return Err(QueryError::BadEndpoint);
+    }
     buf.copy_within(range.end..len, range.start + with.len());
     buf[range.start..range.start + with.len()].copy_from_slice(with);
-    new_len
+    Ok(new_len)
+}
+
+/// The canonical spelling of a (lower-cased, valid) host when it differs: without its final
+/// dot; an IPv6 literal as `Ipv6Addr` writes it; a host ending in a number parsed as IPv4 the
+/// way browsers do (WHATWG: 1–4 parts, decimal, `0x` hex or `0` octal) and written as a
+/// dotted quad — such a host that is not IPv4 (`1.2.3.4.5`, `999.1.1.1`) is bad input,
+/// since resolvers read these spellings differently.
+fn canonical_host<'c>(host: &[u8], out: &'c mut [u8; 48]) -> Result<Option<&'c [u8]>, QueryError> {
+    use std::io::Write;
+    let bad = QueryError::BadEndpoint;
+    let mut cursor = std::io::Cursor::new(&mut out[..]);
+    if let [b'[', inner @ .., b']'] = host {
+        let ip: Ipv6Addr = std::str::from_utf8(inner)
+            .ok()
+            .and_then(|v6| v6.parse().ok())
+            .ok_or(bad)?;
+        write!(cursor, "[{ip}]").map_err(|_| bad)?;
+    } else {
+        let name = host.strip_suffix(b".").unwrap_or(host);
+        if name.is_empty() || name.ends_with(b".") || name.starts_with(b".") {
+            return Err(bad);
+        }
+        let last = name.rsplit(|&b| b == b'.').next().unwrap_or(name);
+        let numeric = last.iter().all(u8::is_ascii_digit)
+            || (last.len() >= 2
+                && last[..2].eq_ignore_ascii_case(b"0x")
+                && last[2..].iter().all(u8::is_ascii_hexdigit));
+        if numeric {
+            write!(cursor, "{}", parse_ipv4(name).ok_or(bad)?).map_err(|_| bad)?;
+        } else if name.len() == host.len() {
+            return Ok(None);
+        } else {
+            cursor.write_all(name).map_err(|_| bad)?;
+        }
+    }
+    let written = cursor.position() as usize;
+    let canonical = &out[..written];
+    Ok((canonical != host).then_some(canonical))
+}
+
+/// The WHATWG URL standard's IPv4 parser, for a host without its final dot.
+fn parse_ipv4(name: &[u8]) -> Option<Ipv4Addr> {
+    let mut numbers = [0u64; 4];
+    let mut parts = 0;
+    for part in name.split(|&b| b == b'.') {
+        *numbers.get_mut(parts)? = parse_ipv4_number(part)?;
+        parts += 1;
+    }
+    let (last, init) = (numbers[parts - 1], &numbers[..parts - 1]);
+    if init.iter().any(|&n| n > 255) || last >= 256u64.pow(5 - parts as u32) {
+        return None;
+    }
+    let value = init
+        .iter()
+        .enumerate()
+        .fold(last, |ip, (i, &n)| ip + (n << (8 * (3 - i))));
+    u32::try_from(value).ok().map(Ipv4Addr::from)
+}
+
+/// One IPv4 part: `0x` hex (empty is 0), a leading `0` octal, else decimal; saturating, so
+/// a long part is simply too large.
+fn parse_ipv4_number(part: &[u8]) -> Option<u64> {
+    let (digits, radix) = match part {
+        [] => return None,
+        [b'0', b'x' | b'X', hex @ ..] => (hex, 16),
+        [b'0', octal @ ..] if !octal.is_empty() => (octal, 8),
+        decimal => (decimal, 10),
+    };
+    digits.iter().try_fold(0u64, |value, &d| {
+        let digit = char::from(d).to_digit(radix)?;
+        Some(
+            value
+                .saturating_mul(u64::from(radix))
+                .saturating_add(u64::from(digit)),
+        )
+    })
 }
 
 /// Decodes, checks and normalizes a raw endpoint value into a new string (tests, tools).
@@ -532,7 +628,22 @@ mod tests {
                 "http://example.com:00443/A/B?C",
                 "http://example.com:443/A/B?C",
             ),
-            ("http://[::FFFF:7F00:1]:80/", "http://[::ffff:7f00:1]/"),
+            ("http://[::FFFF:7F00:1]:80/", "http://[::ffff:127.0.0.1]/"),
+            ("http://[0:0::1]/", "http://[::1]/"),
+            ("http://[0000::0001]:8080", "http://[::1]:8080/"),
+            ("http://Example.com./x", "http://example.com/x"),
+            ("http://127.1/", "http://127.0.0.1/"),
+            ("http://2130706433:9/", "http://127.0.0.1:9/"),
+            ("http://0x7f.1/", "http://127.0.0.1/"),
+            ("http://0X7F.0.0.1/", "http://127.0.0.1/"),
+            ("http://0177.0.0.1/", "http://127.0.0.1/"),
+            ("http://00177.0.0.1/", "http://127.0.0.1/"),
+            ("http://017700000001/", "http://127.0.0.1/"),
+            ("http://127.0.1/", "http://127.0.0.1/"),
+            ("http://127.0.0.1./", "http://127.0.0.1/"),
+            ("http://0/", "http://0.0.0.0/"),
+            ("http://0x/", "http://0.0.0.0/"),
+            ("http://8.8.2056/", "http://8.8.8.8/"),
         ];
         for (raw, want) in table {
             assert_eq!(parse_endpoint(raw).as_deref(), Ok(want), "{raw}");
@@ -556,6 +667,28 @@ mod tests {
         let mut other = EndpointBuf::new();
         let f = Endpoint::parse("http://[::1]/?b", &mut other).unwrap();
         assert_ne!(e.key(), f.key());
+    }
+
+    /// A 2048-byte endpoint without a path normalizes to 2049 bytes, and a stored endpoint
+    /// of that length parses again (the fleet re-reads what it stored).
+    #[test]
+    fn the_longest_endpoint_parses_again_once_normalized() {
+        let query = "x".repeat(MAX_ENDPOINT_LEN - "http://a.b?".len());
+        let raw = format!("http://a.b?{query}");
+        assert_eq!(raw.len(), MAX_ENDPOINT_LEN);
+        let normalized = parse_endpoint(&raw).unwrap();
+        assert_eq!(normalized.len(), MAX_ENDPOINT_LEN + 1);
+        let mut buf = EndpointBuf::new();
+        let again = Endpoint::parse_decoded(&normalized, &mut buf).unwrap();
+        assert_eq!(again.as_str(), normalized);
+        // Growth past the buffer (a stored value no instance wrote) is refused, not a panic.
+        let huge = format!(
+            "http://[::ffff:7f00:1]?{}",
+            "x".repeat(MAX_NORMALIZED_LEN - 23)
+        );
+        assert_eq!(huge.len(), MAX_NORMALIZED_LEN);
+        let mut buf = EndpointBuf::new();
+        assert!(Endpoint::parse_decoded(&huge, &mut buf).is_err());
     }
 
     #[test]
@@ -597,6 +730,16 @@ mod tests {
             "http://[::1%25eth0]/",
             "http://[::1/",
             "http://[nope]/",
+            "http://1.2.3.4.5/",
+            "http://999.1.1.1/",
+            "http://1.2.3.256/",
+            "http://4294967296/",
+            "http://0x100000000/",
+            "http://example.123/",
+            "http://08.1.1.1/",
+            "http://./",
+            "http://a../",
+            "http://.a/",
             "http://a/<script>",
             "http://a/{x}",
             "http://a/x|y",

@@ -55,16 +55,27 @@ impl Verve {
 
     /// Like [`Verve::start`], with extra environment variables (secrets belong there).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::spawn(args, env, Stdio::inherit())
+    }
+
+    /// Like [`Verve::start_with_env`], its diagnostics (stderr) written to `stderr`; `env`
+    /// may set `RUST_LOG` (default `warn`).
+    pub fn start_with_stderr(args: &[&str], env: &[(&str, &str)], stderr: &Path) -> Self {
+        let file = std::fs::File::create(stderr).expect("create the stderr file");
+        Self::spawn(args, env, Stdio::from(file))
+    }
+
+    fn spawn(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Self {
         let dir = TempDir::new("verve");
         let log = dir.0.join("requests.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_verve"))
             .args(["--listen", "127.0.0.1:0", "--log-file"])
             .arg(&log)
             .args(args)
-            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn verve");
         let stdout = child.stdout.take().expect("stdout");
