@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use parking_lot::RwLock;
-use tokio::sync::OnceCell;
+use tokio::sync::watch;
 
 use crate::http::query::Endpoint;
 
@@ -114,8 +114,9 @@ pub struct Window {
     domain_overflowed: AtomicBool,
     /// Requests admitted to this window and not yet finished.
     inflight: AtomicUsize,
-    /// Fleet mode: ids whose `SADD` is in flight, so concurrent requests share one.
-    pending: DashMap<i64, Arc<OnceCell<()>>, Xxh3Seeded>,
+    /// Fleet mode: ids whose `SADD` is in flight, so concurrent requests share one and its
+    /// outcome (`Some(true)` once Redis holds the id, `Some(false)` when it failed).
+    pending: DashMap<i64, watch::Receiver<Option<bool>>, Xxh3Seeded>,
     /// Fleet mode: store shards this instance has written in this window (their expiry is
     /// set on first write, and they are checked for loss before the count is read).
     touched: Box<[AtomicBool]>,
@@ -142,6 +143,68 @@ struct Registration {
     /// The normalized URL.
     url: Box<str>,
     domain: u64,
+    /// Fleet mode: `None` once Redis holds it; until then the outcome of the registration in
+    /// flight, which every request naming the endpoint waits for.
+    pending: Option<watch::Receiver<Option<bool>>>,
+}
+
+/// An endpoint offered to a window in fleet mode, where it counts as known only once Redis
+/// holds it.
+pub enum Claim<'w> {
+    /// Redis holds it already (or the window is full: see [`Registered`]).
+    Settled(Registered),
+    /// Another request is registering it: the outcome, shared.
+    Wait(Shared),
+    /// This request registers it: report the outcome with [`Lead::confirm`]; dropping the
+    /// lead unregisters it and fails every waiter.
+    Lead(Lead<'w>),
+}
+
+/// The outcome of a store call another request is making, shared with it.
+pub struct Shared(watch::Receiver<Option<bool>>);
+
+impl Shared {
+    /// True once the call succeeded; false when it failed or was abandoned.
+    pub async fn succeeded(mut self) -> bool {
+        matches!(self.0.wait_for(Option::is_some).await, Ok(done) if *done == Some(true))
+    }
+}
+
+/// A request's duty to register an endpoint fleet-wide.
+pub struct Lead<'w> {
+    window: &'w Window,
+    key: u128,
+    outcome: watch::Sender<Option<bool>>,
+    confirmed: bool,
+}
+
+impl Lead<'_> {
+    /// Redis holds the endpoint: it is known from now on.
+    pub fn confirm(mut self) {
+        if let Some(mut registration) = self.window.endpoints.get_mut(&self.key) {
+            registration.pending = None;
+        }
+        self.confirmed = true;
+        self.outcome.send_replace(Some(true));
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        if self.confirmed {
+            return;
+        }
+        let ours = |r: &Registration| {
+            r.pending
+                .as_ref()
+                .is_some_and(|p| p.same_channel(&self.outcome.subscribe()))
+        };
+        if let Some((_, registration)) = self.window.endpoints.remove_if(&self.key, |_, r| ours(r))
+        {
+            self.window.release(registration.domain);
+        }
+        self.outcome.send_replace(Some(false));
+    }
 }
 
 /// What happened to an endpoint offered to a window.
@@ -204,6 +267,43 @@ impl Window {
     /// Registers a callback endpoint, bounded by `max_endpoints` per window and
     /// `max_per_domain` per domain. Allocates only when the endpoint is added.
     pub fn register_endpoint(&self, endpoint: &Endpoint<'_>) -> Registered {
+        self.register(endpoint, None)
+    }
+
+    /// Fleet mode: offers an endpoint that counts as known only once Redis holds it. The
+    /// first request for it leads its registration; concurrent ones share the outcome.
+    pub fn claim_endpoint(&self, endpoint: &Endpoint<'_>) -> Claim<'_> {
+        if let Some(registration) = self.endpoints.get(&endpoint.key()) {
+            return match &registration.pending {
+                None => Claim::Settled(Registered::Known),
+                Some(pending) => Claim::Wait(Shared(pending.clone())),
+            };
+        }
+        let (outcome, pending) = watch::channel(None);
+        match self.register(endpoint, Some(pending.clone())) {
+            Registered::Added => Claim::Lead(Lead {
+                window: self,
+                key: endpoint.key(),
+                outcome,
+                confirmed: false,
+            }),
+            // Registered meanwhile by another request: its state decides.
+            Registered::Known => match self.endpoints.get(&endpoint.key()) {
+                Some(r) => match &r.pending {
+                    None => Claim::Settled(Registered::Known),
+                    Some(p) => Claim::Wait(Shared(p.clone())),
+                },
+                None => Claim::Settled(Registered::Known),
+            },
+            refused => Claim::Settled(refused),
+        }
+    }
+
+    fn register(
+        &self,
+        endpoint: &Endpoint<'_>,
+        pending: Option<watch::Receiver<Option<bool>>>,
+    ) -> Registered {
         let key = endpoint.key();
         if self.endpoints.contains_key(&key) {
             return Registered::Known;
@@ -234,6 +334,7 @@ impl Window {
                 vacant.insert(Registration {
                     url: endpoint.as_str().into(),
                     domain,
+                    pending,
                 });
                 Registered::Added
             }
@@ -249,16 +350,11 @@ impl Window {
         self.domains.remove_if(&domain, |_, taken| *taken == 0);
     }
 
-    /// Takes back an endpoint whose fleet-wide registration failed.
-    pub fn unregister_endpoint(&self, endpoint: &Endpoint<'_>) {
-        if let Some((_, registration)) = self.endpoints.remove(&endpoint.key()) {
-            self.release(registration.domain);
-        }
-    }
-
-    /// Whether the endpoint is registered in this window.
+    /// Whether the endpoint is registered in this window (in fleet mode: Redis holds it).
     pub fn has_endpoint(&self, endpoint: &Endpoint<'_>) -> bool {
-        self.endpoints.contains_key(&endpoint.key())
+        self.endpoints
+            .get(&endpoint.key())
+            .is_some_and(|r| r.pending.is_none())
     }
 
     /// The ids of this window (for re-adding them to the store).
@@ -267,20 +363,42 @@ impl Window {
     }
 
     /// Runs `add` for `id` unless a concurrent request already is; every caller gets the
-    /// shared outcome (a failure lets the next caller try again). On success the id enters
-    /// this window.
-    pub async fn add_once<F, Fut, E>(&self, id: i64, add: F) -> Result<(), E>
+    /// outcome of that one call at once, a failure too (`Err(None)` for those that shared
+    /// it). On success the id enters this window before anyone is answered.
+    pub async fn add_once<F, Fut, E>(&self, id: i64, add: F) -> Result<(), Option<E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(), E>>,
     {
-        let cell = Arc::clone(self.pending.entry(id).or_default().value());
-        let outcome = cell.get_or_try_init(add).await.map(|_| ());
-        if outcome.is_ok() {
-            self.insert(id);
+        let lead = match self.pending.entry(id) {
+            dashmap::Entry::Occupied(running) => Err(Shared(running.get().clone())),
+            dashmap::Entry::Vacant(vacant) => {
+                let (outcome, shared) = watch::channel(None);
+                vacant.insert(shared);
+                Ok(PendingId {
+                    window: self,
+                    id,
+                    outcome,
+                })
+            }
+        };
+        match lead {
+            Err(shared) => {
+                if shared.succeeded().await {
+                    Ok(())
+                } else {
+                    Err(None)
+                }
+            }
+            Ok(pending) => {
+                let added = add().await;
+                if added.is_ok() {
+                    self.insert(id);
+                }
+                pending.finish(added.is_ok());
+                added.map_err(Some)
+            }
         }
-        self.pending.remove_if(&id, |_, c| Arc::ptr_eq(c, &cell));
-        outcome
     }
 
     /// Marks a store shard written; true the first time (the caller sets its expiry).
@@ -308,6 +426,33 @@ impl Window {
     /// Requests admitted and still running.
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Acquire)
+    }
+}
+
+/// The id whose `SADD` a request leads: its sharers are told the outcome when it finishes,
+/// or (dropped: the request was cancelled) that it failed.
+struct PendingId<'w> {
+    window: &'w Window,
+    id: i64,
+    outcome: watch::Sender<Option<bool>>,
+}
+
+impl PendingId<'_> {
+    fn finish(self, succeeded: bool) {
+        self.outcome.send_replace(Some(succeeded));
+        // Drop removes the entry; a failure is not remembered, the next request tries again.
+    }
+}
+
+impl Drop for PendingId<'_> {
+    fn drop(&mut self) {
+        let mine = self.outcome.subscribe();
+        self.window
+            .pending
+            .remove_if(&self.id, |_, shared| shared.same_channel(&mine));
+        if self.outcome.borrow().is_none() {
+            self.outcome.send_replace(Some(false));
+        }
     }
 }
 
@@ -574,12 +719,17 @@ mod tests {
         assert_eq!(offer(win, "http://a/"), Registered::Added);
         assert_eq!(offer(win, "http://a/"), Registered::Known);
         assert_eq!(offer(win, "HTTP://A:80"), Registered::Known, "one target");
-        assert_eq!(offer(win, "http://b/"), Registered::Added);
+        let mut buf = EndpointBuf::new();
+        let b = Endpoint::parse("http://b/", &mut buf).unwrap();
+        let Claim::Lead(lead) = win.claim_endpoint(&b) else {
+            panic!("b is new: this claim leads its registration");
+        };
+        assert!(!win.has_endpoint(&b), "known only once the store holds it");
         assert_eq!(offer(win, "http://c/"), Registered::Full { first: true });
         assert_eq!(offer(win, "http://d/"), Registered::Full { first: false });
         assert_eq!(offer(win, "http://a/"), Registered::Known);
-        let mut buf = EndpointBuf::new();
-        win.unregister_endpoint(&Endpoint::parse("http://b/", &mut buf).unwrap());
+        drop(lead); // the store failed: b is unregistered, its slot given back
+        assert!(!win.has_endpoint(&b));
         assert_eq!(offer(win, "http://c/"), Registered::Added);
         let mut eps = win.endpoints();
         eps.sort();
@@ -639,6 +789,7 @@ mod tests {
 #[cfg(test)]
 mod fleet_tests {
     use super::*;
+    use crate::http::query::EndpointBuf;
     use std::time::Duration;
 
     #[tokio::test]
@@ -661,17 +812,51 @@ mod fleet_tests {
         );
         assert!(window.contains(5));
 
-        // A failure is not remembered: the next request asks the store again.
+        // A failure answers every sharer at once, and is not remembered: the next request
+        // asks the store again.
+        calls.store(0, Ordering::SeqCst);
+        let fail = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Err::<(), &str>("down")
+        };
+        let outcomes = futures::future::join_all((0..10).map(|_| window.add_once(6, fail))).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one failed call for ten");
         assert_eq!(
-            window.add_once(6, || async { Err::<(), _>("down") }).await,
-            Err("down")
+            outcomes.iter().filter(|o| **o == Err(Some("down"))).count(),
+            1
         );
+        assert_eq!(outcomes.iter().filter(|o| **o == Err(None)).count(), 9);
         assert!(!window.contains(6));
         assert_eq!(
             window.add_once(6, || async { Ok::<(), &str>(()) }).await,
             Ok(())
         );
         assert!(window.contains(6));
+    }
+
+    /// Requests naming an endpoint whose registration is in flight wait for it and share its
+    /// outcome; a confirmed one is known at once.
+    #[tokio::test]
+    async fn endpoint_registrations_are_shared() {
+        let windows = Windows::new(0, 60, (10, 10), 4);
+        let window = Arc::clone(&windows.open()[0]);
+        let mut buf = EndpointBuf::new();
+        let e = Endpoint::parse("http://hooks.example/x", &mut buf).unwrap();
+        let Claim::Lead(lead) = window.claim_endpoint(&e) else {
+            panic!("first claim leads");
+        };
+        let Claim::Wait(shared) = window.claim_endpoint(&e) else {
+            panic!("second claim waits");
+        };
+        let waiter = tokio::spawn(shared.succeeded());
+        lead.confirm();
+        assert!(waiter.await.unwrap());
+        assert!(window.has_endpoint(&e));
+        assert!(matches!(
+            window.claim_endpoint(&e),
+            Claim::Settled(Registered::Known)
+        ));
     }
 
     #[test]

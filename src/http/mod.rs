@@ -27,7 +27,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::Shared;
 use crate::metrics::Outcome;
 use crate::report::fleet::expire_at;
-use crate::window::{Admission, Registered};
+use crate::window::{Admission, Claim, Registered, Window};
 use query::{Endpoint, EndpointBuf};
 
 /// The counted path.
@@ -421,7 +421,12 @@ impl Drop for Waiting {
 /// Registers an endpoint in the local window (bounded); true when newly added.
 fn register_locally(shared: &Shared, admission: &Admission, endpoint: &Endpoint<'_>) -> bool {
     let window = admission.window();
-    match window.register_endpoint(endpoint) {
+    note(shared, window, window.register_endpoint(endpoint))
+}
+
+/// Counts and logs an endpoint the window refused; true when it was newly added.
+fn note(shared: &Shared, window: &Window, registered: Registered) -> bool {
+    match registered {
         Registered::Added => true,
         Registered::Known => false,
         Registered::Full { first } => {
@@ -477,7 +482,9 @@ async fn accept_in_fleet(
         let added = window.add_once(id, || store.add(window.start, id)).await;
         shared.metrics.store_call(started.elapsed(), added.is_ok());
         if let Err(e) = added {
-            log::debug!("SADD for window {} failed: {e}", window.start);
+            // `None`: the SADD of a concurrent request for the same id, whose failure is
+            // everyone's.
+            log::debug!("SADD for window {} failed: {e:?}", window.start);
             return answer(shared, Outcome::Unavailable);
         }
         let shard = store.shard(id);
@@ -497,17 +504,34 @@ async fn accept_in_fleet(
     if let Some(endpoint) = endpoint {
         // Normalized by this request already: it parses again (a failure is a bug, and is
         // answered as an unknown outcome rather than an `ok` without its endpoint).
-        let Some(added) = with_endpoint(&endpoint, |e| register_locally(shared, &admission, e))
-        else {
+        // It counts as known only once Redis holds it; concurrent requests naming it share
+        // the one registration and its outcome.
+        let Some(claim) = with_endpoint(&endpoint, |e| window.claim_endpoint(e)) else {
             return answer(shared, Outcome::Unavailable);
         };
-        if added && let Err(e) = Box::pin(store.add_endpoint(window.start, &endpoint, expiry)).await
-        {
-            log::debug!(
-                "registering an endpoint for window {} failed: {e}",
-                window.start
-            );
-            with_endpoint(&endpoint, |e| window.unregister_endpoint(e));
+        let registered = match claim {
+            Claim::Settled(registered) => {
+                note(shared, window, registered);
+                true
+            }
+            Claim::Wait(registration) => registration.succeeded().await,
+            Claim::Lead(lead) => {
+                match Box::pin(store.add_endpoint(window.start, &endpoint, expiry)).await {
+                    Ok(()) => {
+                        lead.confirm();
+                        true
+                    }
+                    Err(e) => {
+                        log::debug!(
+                            "registering an endpoint for window {} failed: {e}",
+                            window.start
+                        );
+                        false // the lead, dropped, unregisters it and fails its sharers
+                    }
+                }
+            }
+        };
+        if !registered {
             shared.metrics.store_call(Duration::ZERO, false);
             return answer(shared, Outcome::Unavailable);
         }
