@@ -11,9 +11,9 @@
 # indicative), ratio and CPU time per request of each process (from /proc/<pid>/stat over the
 # run: verve or bare, and Redis for the fleet), then per scenario the medians. For the fleet
 # scenarios also the Redis commands per request from INFO commandstats. BENCH_CONNECTIONS (64)
-# sets wrk's connections. The fleet instance runs as the README says to run against one Redis
-# server, with --redis-shards 1; BENCH_FLEET_ARGS replaces its extra flags (BENCH_FLEET_ARGS=""
-# runs the default 16 shards, the layout meant for a cluster). Loopback only.
+# sets wrk's connections. The fleet instance runs with --redis-shards 1 (the default on one
+# server); BENCH_FLEET_ARGS replaces its extra flags (BENCH_FLEET_ARGS="--redis-shards 16"
+# runs the cluster layout on the one server). Loopback only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh

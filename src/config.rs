@@ -146,10 +146,11 @@ pub struct Config {
           action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub redis_cluster: bool,
 
-    /// Sets per window in Redis (spreads a window over a cluster's nodes).
-    #[arg(long, env = "VERVE_REDIS_SHARDS", default_value_t = 16,
+    /// Sets per window in Redis (spreads a window over a cluster's nodes) [default: 1 on one
+    /// server, 16 with --redis-cluster].
+    #[arg(long, env = "VERVE_REDIS_SHARDS",
           value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub redis_shards: u32,
+    pub redis_shards: Option<u32>,
 
     /// Fleet mode's connection threads, each with its own Redis connection and `SADD`
     /// batcher [default: the CPU cores].
@@ -396,11 +397,18 @@ impl Config {
         self.redis_url.as_ref().map(|url| store::Settings {
             url: url.clone(),
             cluster: self.redis_cluster,
-            shards: self.redis_shards,
+            shards: self.redis_shards(),
             timeout: Duration::from_millis(self.redis_timeout_ms),
             prefix: self.redis_prefix.clone(),
             ca_file: self.redis_ca_file.clone(),
         })
+    }
+
+    /// Sets per window: `--redis-shards`, or 1 on one server (more only split each group
+    /// commit into more commands) and 16 on a cluster (spread over its nodes).
+    pub fn redis_shards(&self) -> u32 {
+        self.redis_shards
+            .unwrap_or(if self.redis_cluster { 16 } else { 1 })
     }
 
     /// How many lanes fleet mode runs: `--lanes`, or one per CPU core.
@@ -449,6 +457,14 @@ mod tests {
         assert_eq!((c.window_secs, c.grace_ms), (60, 1000));
         assert_eq!(c.callback_max_endpoints, 1000);
         assert!(c.callback_allow.0.is_empty());
+        assert_eq!(c.redis_shards(), 1, "one server: one set per window");
+        assert_eq!(load(&["--redis-cluster"]).unwrap().redis_shards(), 16);
+        assert_eq!(
+            load(&["--redis-cluster", "--redis-shards", "4"])
+                .unwrap()
+                .redis_shards(),
+            4
+        );
     }
 
     #[test]

@@ -160,6 +160,10 @@ impl Shared {
             countlog::write_errors(),
             metrics::rss_bytes(),
             self.stream.as_ref().map(Stream::buffered),
+            &metrics::State {
+                window_secs: self.windows.secs() as u64,
+                redis_connected: self.store.as_ref().map(Store::is_connected),
+            },
         )
     }
 }

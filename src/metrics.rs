@@ -130,6 +130,14 @@ impl Attempt {
     }
 }
 
+/// What the exposition reads off the running service besides the counters.
+#[derive(Debug, Clone, Copy)]
+pub struct State {
+    pub window_secs: u64,
+    /// Fleet mode: whether the store is connected; `None` on a single node.
+    pub redis_connected: Option<bool>,
+}
+
 /// Every counter the service exports.
 #[derive(Default)]
 pub struct Metrics {
@@ -162,6 +170,8 @@ pub struct Metrics {
     pub resyncs: AtomicU64,
     /// Endpoints refused because their domain (or address prefix) held the maximum already.
     pub endpoints_dropped_domain: AtomicU64,
+    /// Unix time (seconds) the last window line was written; 0 before the first.
+    pub last_window_reported_at: AtomicU64,
     /// Fleet mode: windows whose fleet report was given up at its deadline.
     pub fleet_reports_abandoned: AtomicU64,
     /// Stream records acknowledged by Kafka.
@@ -211,9 +221,33 @@ impl Metrics {
         count_log_errors: u64,
         rss_bytes: Option<u64>,
         stream_buffered: Option<u64>,
+        state: &State,
     ) -> String {
         let mut out = String::with_capacity(2048);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        scalar(
+            &mut out,
+            "gauge",
+            "verve_window_seconds",
+            "The window length (--window-secs).",
+            state.window_secs,
+        );
+        scalar(
+            &mut out,
+            "gauge",
+            "verve_last_window_reported_timestamp_seconds",
+            "Unix time the last window's line was written (0: none yet); alert when it lags.",
+            load(&self.last_window_reported_at),
+        );
+        if let Some(connected) = state.redis_connected {
+            scalar(
+                &mut out,
+                "gauge",
+                "verve_redis_connected",
+                "1 while every Redis connection of this instance is up (fleet mode).",
+                u64::from(connected),
+            );
+        }
         out.push_str("# HELP verve_requests_total Accept requests by response status.\n");
         out.push_str("# TYPE verve_requests_total counter\n");
         for outcome in Outcome::ALL {
@@ -428,7 +462,16 @@ mod tests {
         m.request(Outcome::Ok);
         m.request(Outcome::BadRequest);
         m.attempt(Attempt::Blocked);
-        let text = m.render(5, 0, Some(4096), None);
+        m.last_window_reported_at
+            .store(1_795_529_161, Ordering::Relaxed);
+        let state = State {
+            window_secs: 60,
+            redis_connected: Some(false),
+        };
+        let text = m.render(5, 0, Some(4096), None, &state);
+        assert!(text.contains("verve_window_seconds 60\n"));
+        assert!(text.contains("verve_last_window_reported_timestamp_seconds 1795529161\n"));
+        assert!(text.contains("verve_redis_connected 0\n"));
         assert!(text.contains("verve_requests_total{status=\"200\"} 2\n"));
         assert!(text.contains("verve_requests_total{status=\"400\"} 1\n"));
         assert!(text.contains("verve_callback_attempts_total{result=\"blocked\"} 1\n"));

@@ -257,12 +257,20 @@ fn redis_restart_loses_no_answered_id() {
         (a.get("/readyz").status == 503).then_some(())
     });
     assert!(not_ready.is_some(), "/readyz stayed 200 with Redis down");
+    assert_eq!(a.metric("verve_redis_connected"), 0);
     thread::sleep(Duration::from_millis(500));
     redis.restart();
     let ready = wait_for(Duration::from_secs(10), || {
         (a.get("/readyz").status == 200 && b.get("/readyz").status == 200).then_some(())
     });
     assert!(ready.is_some(), "/readyz did not recover");
+    assert_eq!(a.metric("verve_redis_connected"), 1);
+    assert_eq!(a.metric("verve_window_seconds"), SECS as u64);
+    let reported_at = a.metric("verve_last_window_reported_timestamp_seconds") as i64;
+    assert!(
+        (now_ms() / 1000 - reported_at) <= 2 * SECS,
+        "last window reported at {reported_at}"
+    );
     thread::sleep(Duration::from_millis(1500));
     stop.store(true, Ordering::Relaxed);
     let answered: Vec<_> = load.into_iter().flat_map(|l| l.join().unwrap()).collect();

@@ -134,6 +134,11 @@ fn log_count(
         .metrics
         .last_window_ids
         .store(count, Ordering::Relaxed);
+    let now_secs = shared.clock.now_ms().div_euclid(1000).max(0) as u64;
+    shared
+        .metrics
+        .last_window_reported_at
+        .store(now_secs, Ordering::Relaxed);
     shared.status.reported(start, count, scope, partial);
 }
 
