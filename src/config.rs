@@ -163,6 +163,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub redis_timeout_ms: u64,
 
+    /// Fleet mode: how far apart the instances' clocks may be (NTP keeps them much closer).
+    /// A window's cutoff — the last moment an id of it can be answered `ok` — is this much
+    /// (and 100 ms) before the end of its grace.
+    #[arg(long, env = "VERVE_MAX_CLOCK_SKEW_MS", default_value_t = 250)]
+    pub max_clock_skew_ms: u64,
+
     /// Prefix of every Redis key.
     #[arg(long, env = "VERVE_REDIS_PREFIX", default_value = "verve")]
     pub redis_prefix: String,
@@ -254,6 +260,10 @@ pub(crate) fn comma_separated<T>(
         .collect()
 }
 
+/// Between a window's cutoff and the end of its grace beyond the clock skew: time for the
+/// last acknowledgement to be read (SPEC §6.2).
+pub const CUTOFF_MARGIN_MS: u64 = 100;
+
 /// Flags whose values are secrets (or may hold them): never echoed in an error.
 const SECRET_FLAGS: [&str; 3] = ["--redis-url", "--callback-secret", "--kafka-option"];
 
@@ -330,10 +340,14 @@ impl Config {
                 self.grace_ms, self.window_secs
             ));
         }
-        if self.redis_url.is_some() && self.grace_ms <= self.redis_timeout_ms {
+        let margin = self
+            .max_clock_skew_ms
+            .saturating_add(self.redis_timeout_ms)
+            .saturating_add(CUTOFF_MARGIN_MS);
+        if self.redis_url.is_some() && self.grace_ms < margin {
             return Err(format!(
-                "--grace-ms ({}) must be longer than --redis-timeout-ms ({}) in fleet mode",
-                self.grace_ms, self.redis_timeout_ms
+                "--grace-ms ({}) must be at least --max-clock-skew-ms ({}) + --redis-timeout-ms ({}) + {CUTOFF_MARGIN_MS} ms = {margin} in fleet mode",
+                self.grace_ms, self.max_clock_skew_ms, self.redis_timeout_ms
             ));
         }
         if let Some(url) = &self.redis_url
@@ -409,6 +423,11 @@ impl Config {
     pub fn redis_shards(&self) -> u32 {
         self.redis_shards
             .unwrap_or(if self.redis_cluster { 16 } else { 1 })
+    }
+
+    /// Fleet mode: a window's cutoff, in ms after its end: grace − clock skew − margin.
+    pub fn cutoff_after_end_ms(&self) -> i64 {
+        self.grace_ms as i64 - self.max_clock_skew_ms as i64 - CUTOFF_MARGIN_MS as i64
     }
 
     /// How many lanes fleet mode runs: `--lanes`, or one per CPU core.

@@ -96,7 +96,7 @@ impl Shared {
             }
             None => None,
         };
-        let windows = Windows::new(
+        let mut windows = Windows::new(
             clock.now_ms(),
             i64::from(settings.window_secs),
             (
@@ -105,6 +105,9 @@ impl Shared {
             ),
             store.as_ref().map_or(0, |s| s.shards() as usize),
         );
+        if store.is_some() {
+            windows = windows.with_cutoff(settings.cutoff_after_end_ms(), clock.now_ms());
+        }
         let callbacks = Callbacks::start(settings.callback_settings(), Arc::clone(&metrics));
         Ok(Self {
             settings,

@@ -14,6 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use dashmap::DashMap;
 use parking_lot::RwLock;
 use tokio::sync::watch;
+use tokio::time::{Duration, Instant};
 
 use crate::http::query::Endpoint;
 
@@ -122,6 +123,13 @@ pub struct Window {
     touched: Box<[AtomicBool]>,
     /// Fleet mode: the store's reconnection count when the window opened.
     pub epoch: u64,
+    /// Fleet mode: the window's cutoff on the monotonic clock (end + grace − clock skew −
+    /// 100 ms, fixed when the window is made, so a wall-clock step cannot move it); `None`
+    /// on a single node, whose requests never wait.
+    cut_at: Option<Instant>,
+    /// Turned true at the cutoff: requests still waiting for the store are answered 503 and
+    /// no acknowledgement enters the window any more.
+    cut: watch::Sender<bool>,
 }
 
 impl Drop for Window {
@@ -224,15 +232,22 @@ pub enum Registered {
 impl Window {
     /// A window sized for `capacity` ids (its predecessor's count), so that it does not
     /// rehash while it fills.
-    fn new(start: i64, shape: &Shape, epoch: u64, capacity: usize) -> Self {
+    fn new(start: i64, shape: &Shape, epoch: u64, capacity: usize, now_ms: i64) -> Self {
         let Shape {
+            secs,
             hasher,
             max_endpoints,
             max_per_domain,
             store_shards,
-            ..
+            cutoff_after_end_ms,
         } = *shape;
+        let cut_at = cutoff_after_end_ms.map(|after| {
+            let cutoff_ms = (start + secs) * 1000 + after;
+            Instant::now() + Duration::from_millis((cutoff_ms - now_ms).max(0) as u64)
+        });
         Self {
+            cut_at,
+            cut: watch::Sender::new(false),
             start,
             ids: DashMap::with_capacity_and_hasher_and_shard_amount(capacity, hasher, SHARDS),
             endpoints: DashMap::with_hasher_and_shard_amount(hasher, 8),
@@ -392,11 +407,16 @@ impl Window {
             }
             Ok(pending) => {
                 let added = add().await;
-                if added.is_ok() {
+                // Acknowledged after the cutoff: the count may have been read without it.
+                let entered = added.is_ok() && !self.is_cut();
+                if entered {
                     self.insert(id);
                 }
-                pending.finish(added.is_ok());
-                added.map_err(Some)
+                pending.finish(entered);
+                match added {
+                    Ok(()) if !entered => Err(None),
+                    added => added.map_err(Some),
+                }
             }
         }
     }
@@ -426,6 +446,31 @@ impl Window {
     /// Requests admitted and still running.
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Acquire)
+    }
+
+    /// Fleet mode: when the window's cutoff is (see [`Window::cut`]).
+    pub fn cut_at(&self) -> Option<Instant> {
+        self.cut_at
+    }
+
+    /// Passes the cutoff: every request of this window still waiting for the store is
+    /// answered 503, and no acknowledgement enters the window from now on (SPEC §6.2).
+    pub fn cut(&self) {
+        self.cut
+            .send_if_modified(|cut| !std::mem::replace(cut, true));
+    }
+
+    /// Whether the cutoff has passed.
+    pub fn is_cut(&self) -> bool {
+        *self.cut.borrow()
+    }
+
+    /// Resolves at the cutoff.
+    pub fn cutoff(&self) -> impl Future<Output = ()> + use<> {
+        let mut cut = self.cut.subscribe();
+        async move {
+            let _ = cut.wait_for(|cut| *cut).await;
+        }
     }
 }
 
@@ -493,6 +538,8 @@ struct Shape {
     max_per_domain: usize,
     /// Store shards per window in fleet mode; 0 on a single node.
     store_shards: usize,
+    /// Fleet mode: the cutoff's distance from the window's end; `None` on a single node.
+    cutoff_after_end_ms: Option<i64>,
 }
 
 impl Windows {
@@ -511,11 +558,12 @@ impl Windows {
             max_endpoints,
             max_per_domain,
             store_shards,
+            cutoff_after_end_ms: None,
         };
         let first = window_start(now_ms, secs);
         let open = [
-            Arc::new(Window::new(first, &shape, 0, 0)),
-            Arc::new(Window::new(first + secs, &shape, 0, 0)),
+            Arc::new(Window::new(first, &shape, 0, 0, now_ms)),
+            Arc::new(Window::new(first + secs, &shape, 0, 0, now_ms)),
         ];
         Self {
             shape,
@@ -524,9 +572,33 @@ impl Windows {
         }
     }
 
+    /// Fleet mode: every window gets a cutoff `after_end_ms` after its end (the two open now
+    /// included; `now_ms` is the wall clock now).
+    pub fn with_cutoff(mut self, after_end_ms: i64, now_ms: i64) -> Self {
+        self.shape.cutoff_after_end_ms = Some(after_end_ms);
+        let open = self.open.get_mut();
+        for window in open.iter_mut() {
+            *window = Arc::new(Window::new(window.start, &self.shape, 0, 0, now_ms));
+        }
+        self
+    }
+
     /// Window length in seconds.
     pub fn secs(&self) -> i64 {
         self.shape.secs
+    }
+
+    /// Cuts every open window whose cutoff is `now` or earlier; the next cutoff still ahead.
+    pub fn cut_due(&self, now: Instant) -> Option<Instant> {
+        let mut next = None;
+        for window in self.open.read().iter() {
+            match window.cut_at {
+                Some(at) if at <= now => window.cut(),
+                Some(at) => next = Some(next.map_or(at, |n: Instant| n.min(at))),
+                None => {}
+            }
+        }
+        next
     }
 
     /// Admits a request arriving at `now_ms` to its window. A time before the older open
@@ -572,13 +644,19 @@ impl Windows {
     /// Closes the older window to new requests and opens the one after the newer, tagged
     /// with the store's `epoch`. Returns the closed window; its count is final once its
     /// `inflight` reaches zero.
-    pub fn rotate(&self, epoch: u64) -> Arc<Window> {
+    pub fn rotate(&self, epoch: u64, now_ms: i64) -> Arc<Window> {
         let (next_start, capacity) = {
             let open = self.open.read();
             (open[1].start + self.shape.secs, open[0].count())
         };
         // Built outside the lock: allocating a large table must not stall requests.
-        let next = Arc::new(Window::new(next_start, &self.shape, epoch, capacity));
+        let next = Arc::new(Window::new(
+            next_start,
+            &self.shape,
+            epoch,
+            capacity,
+            now_ms,
+        ));
         let mut open = self.open.write();
         let newer = std::mem::replace(&mut open[1], next);
         std::mem::replace(&mut open[0], newer)
@@ -687,7 +765,7 @@ mod tests {
         let w = Windows::new(120_000, 60, (10, 10), 0);
         let held = w.admit(130_000).unwrap();
         held.window().insert(7);
-        let closed = w.rotate(0);
+        let closed = w.rotate(0, 130_000);
         assert_eq!(closed.start, 120);
         assert_eq!(
             closed.inflight(),
@@ -833,6 +911,35 @@ mod fleet_tests {
             Ok(())
         );
         assert!(window.contains(6));
+    }
+
+    /// Past the cutoff an acknowledgement no longer enters the window, and the cutoff is
+    /// fixed on the monotonic clock when the window is made.
+    #[tokio::test(start_paused = true)]
+    async fn the_cutoff_closes_a_window_to_acknowledgements() {
+        // Window [0, 60 s); cutoff 650 ms after its end; the wall clock reads 59.5 s.
+        let windows = Windows::new(59_500, 60, (1, 1), 4).with_cutoff(650, 59_500);
+        let window = Arc::clone(&windows.open()[0]);
+        let at = window.cut_at().unwrap();
+        assert_eq!(at - Instant::now(), Duration::from_millis(1_150));
+        assert_eq!(windows.cut_due(Instant::now()), Some(at));
+        assert!(!window.is_cut());
+        let slow = window.add_once(7, || async {
+            tokio::time::sleep(Duration::from_millis(2_000)).await;
+            Ok::<(), &str>(())
+        });
+        let cut = async {
+            tokio::time::sleep_until(at).await;
+            windows.cut_due(Instant::now());
+        };
+        let (added, ()) = tokio::join!(slow, cut);
+        assert!(window.is_cut());
+        assert_eq!(added, Err(None), "acknowledged after the cutoff");
+        assert!(!window.contains(7));
+        assert!(
+            windows.open()[1].cut_at().unwrap() > at,
+            "the next window's is later"
+        );
     }
 
     /// Requests naming an endpoint whose registration is in flight wait for it and share its

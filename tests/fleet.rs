@@ -405,8 +405,15 @@ fn skewed_clocks_agree_on_every_window() {
     let _serial = serial();
     let Some(redis) = Redis::start() else { return };
     let url = redis.url();
-    let a = Verve::start(&fleet_args(&url, &["--clock-offset-ms", "350"]));
-    let b = Verve::start(&fleet_args(&url, &["--clock-offset-ms", "-350"]));
+    // 700 ms apart: beyond the default budget, so the budget and the grace are raised.
+    let skewed = |offset| {
+        let mut args = fleet_args_with_window(&url, WINDOW, &["--clock-offset-ms", offset]);
+        args.extend(["--max-clock-skew-ms", "700"]);
+        let grace = args.iter().position(|a| *a == "--grace-ms").unwrap() + 1;
+        args[grace] = "1200";
+        Verve::start(&args)
+    };
+    let (a, b) = (skewed("350"), skewed("-350"));
     let window = sleep_into_next_window(SECS, 1000);
     let mut next_id = 0i64;
     let mut batch = |n: i64| {

@@ -252,7 +252,7 @@ fn fleet_stats_show_redis_health_and_fleet_counts() {
         "--window-secs",
         "2",
         "--grace-ms",
-        "500",
+        "600",
     ]);
     let start = sleep_into_next_window(2, 100);
     let mut conn = verve.connect();

@@ -382,6 +382,10 @@ fn accept(shared: &Arc<Shared>, query: &str) -> Answer {
     if endpoint_known && seen {
         return Answer::now(answer(shared, Outcome::Ok));
     }
+    if window.is_cut() {
+        // Past its cutoff: a count read at the end of the grace could miss this id.
+        return Answer::now(answer(shared, Outcome::Unavailable));
+    }
     let Some(waiting) = Waiting::enter(shared) else {
         return Answer::now(answer(shared, Outcome::Unavailable));
     };
@@ -471,7 +475,25 @@ async fn accept_in_fleet(
     seen: bool,
     endpoint: Option<String>,
 ) -> Response<Body> {
+    // One timer per window, not per request: at the window's cutoff every request of it
+    // still waiting is answered 503 (SPEC §6.2).
+    let cutoff = admission.window().cutoff();
     let shared = &waiting.0;
+    tokio::select! {
+        biased;
+        response = decide_in_fleet(shared, &admission, id, seen, endpoint) => response,
+        () = cutoff => answer(shared, Outcome::Unavailable),
+    }
+}
+
+/// What the store makes of a request in fleet mode (see [`accept_in_fleet`]).
+async fn decide_in_fleet(
+    shared: &Arc<Shared>,
+    admission: &Admission,
+    id: i64,
+    seen: bool,
+    endpoint: Option<String>,
+) -> Response<Body> {
     let Some(store) = shared.store.as_ref() else {
         return answer(shared, Outcome::Unavailable);
     };
@@ -536,7 +558,6 @@ async fn accept_in_fleet(
             return answer(shared, Outcome::Unavailable);
         }
     }
-    drop(admission);
     answer(shared, Outcome::Ok)
 }
 

@@ -28,19 +28,28 @@ const MAX_NAP: Duration = Duration::from_millis(200);
 /// How often a final window's in-flight count is checked while requests finish.
 const DRAIN_POLL: Duration = Duration::from_millis(1);
 
+/// Longest the drain waits once the window is cut: its requests are answered at the cutoff,
+/// so only a stuck one (a bug) could hold it; the count is read without it.
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
 /// Reports windows as they become final until `finish` turns true; then reports the windows
 /// that already ended (waiting out their grace) and the open one as `partial=true`.
 pub async fn run(shared: Arc<Shared>, mut finish: watch::Receiver<bool>) {
     let grace_ms = shared.settings.grace_ms as i64;
     let secs = shared.windows.secs();
     while !*finish.borrow() {
+        // Cutoffs are on the monotonic clock; the report's moment on the wall clock.
+        let next_cut = shared.windows.cut_due(tokio::time::Instant::now());
         let due = (shared.windows.oldest_start() + secs) * 1000 + grace_ms;
         let now = shared.clock.now_ms();
         if now >= due {
             report_oldest(&shared, false).await;
             continue;
         }
-        let nap = Duration::from_millis((due - now) as u64).min(MAX_NAP);
+        let mut nap = Duration::from_millis((due - now) as u64).min(MAX_NAP);
+        if let Some(at) = next_cut {
+            nap = nap.min(at.saturating_duration_since(tokio::time::Instant::now()));
+        }
         tokio::select! {
             _ = tokio::time::sleep(nap) => {}
             _ = finish.changed() => {}
@@ -71,9 +80,21 @@ pub async fn run(shared: Arc<Shared>, mut finish: watch::Receiver<bool>) {
 /// Closes the oldest open window, waits for its requests, and reports it.
 async fn report_oldest(shared: &Arc<Shared>, partial: bool) {
     let epoch = shared.store.as_ref().map_or(0, |s| s.epoch());
-    let window = shared.windows.rotate(epoch);
-    while window.inflight() > 0 {
-        tokio::time::sleep(DRAIN_POLL).await;
+    let window = shared.windows.rotate(epoch, shared.clock.now_ms());
+    // Its cutoff has passed (a wall clock that leapt ahead may get here first): whatever
+    // still waits for the store is answered 503 now.
+    window.cut();
+    let drained = async {
+        while window.inflight() > 0 {
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    };
+    if tokio::time::timeout(DRAIN_LIMIT, drained).await.is_err() {
+        log::warn!(
+            "window {}: {} requests still running after the cutoff; reading the count without them",
+            format_utc(window.start * 1000, false),
+            window.inflight()
+        );
     }
     if shared.store.is_some() && !partial {
         fleet::report(shared, window).await;
