@@ -106,3 +106,78 @@ fn an_endpoint_counts_as_registered_only_once_redis_holds_it() {
     );
     assert_eq!(sharer, 503, "the sharer shares the failed registration");
 }
+
+/// Issue 14's scenario 2 within the budget: B's clock 240 ms behind A's (the budget is 250)
+/// and B's link to Redis 200 ms long, so B's `SADD` rounds chain 200 ms apart past its
+/// window's end. A reads the window's count at the end of its grace (600 ms, the least the
+/// defaults allow); B must not answer `ok` for an id of that window after that — the id
+/// would be missing from A's count. The cutoff answers those 503 instead.
+#[test]
+fn no_ok_comes_after_another_instance_read_the_count() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let link = common::DelayLink::start(redis.port, 200);
+    let args = |url: &str, offset: &str| -> Vec<String> {
+        [
+            "--redis-url",
+            url,
+            "--window-secs",
+            "2",
+            "--grace-ms",
+            "600",
+            "--clock-offset-ms",
+            offset,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let start =
+        |args: Vec<String>| Verve::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let a = start(args(&redis.url(), "0"));
+    let b = start(args(&link.url(), "-240"));
+    let window = sleep_into_next_window(2, 0);
+    let end = (window + 2) * 1000;
+    // B's copy of the window ends 240 ms after A's: new ids reach B until then, each on its
+    // own connection so that B's rounds queue up behind each other on the slow link.
+    thread::sleep(Duration::from_millis((end - common::now_ms()).max(0) as u64));
+    let addr = b.addr;
+    let senders: Vec<_> = (0..46)
+        .map(|n| {
+            thread::sleep(Duration::from_millis(5));
+            thread::spawn(move || {
+                let sent = common::now_ms();
+                let mut conn = Conn::connect(addr);
+                let status = conn
+                    .get(&format!("/api/verve/accept?id={}", 7000 + n))
+                    .status;
+                (sent, status, common::now_ms())
+            })
+        })
+        .collect();
+    let answers: Vec<(i64, u16, i64)> = senders.into_iter().map(|s| s.join().unwrap()).collect();
+    let read = a.wait_window(window, Duration::from_secs(10));
+    let read_ms = common::line_ms(&read);
+    eprintln!(
+        "window end {end}, A read at {read_ms}; (sent, status, answered) relative to the end:"
+    );
+    for (sent, status, answered) in &answers {
+        eprintln!("  {:+} {status} {:+}", sent - end, answered - end);
+    }
+    // Sent before 230 ms past A's end: in B's copy of the window (it ends 240 ms later).
+    let late: Vec<_> = answers
+        .iter()
+        .filter(|(sent, status, answered)| {
+            *status == 200 && *sent < end + 230 && *answered > read_ms
+        })
+        .collect();
+    assert!(
+        late.is_empty(),
+        "ok after A read the count at {read_ms} (window end {end}): {late:?}"
+    );
+    assert!(
+        answers.iter().any(|a| a.1 == 200),
+        "no request got through: {answers:?}"
+    );
+}

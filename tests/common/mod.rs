@@ -1002,3 +1002,58 @@ pub fn line_ms(line: &Line) -> i64 {
     let secs = days * 86_400 + num(11..13) * 3600 + num(14..16) * 60 + num(17..19);
     secs * 1000 + num(20..23)
 }
+
+/// A TCP relay on loopback that holds every client→server byte for `delay_ms` (order kept,
+/// per connection) and passes answers back at once: a distant instance's link to Redis.
+pub struct DelayLink {
+    pub port: u16,
+}
+
+impl DelayLink {
+    pub fn start(upstream: u16, delay_ms: u64) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind delay link");
+        let port = listener.local_addr().unwrap().port();
+        thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let (mut from_client, mut to_server) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut from_server, mut to_client) = (server, client);
+                let (chunks, due) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+                thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = from_client.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        let at = Instant::now() + Duration::from_millis(delay_ms);
+                        if chunks.send((at, buf[..n].to_vec())).is_err() {
+                            break;
+                        }
+                    }
+                });
+                thread::spawn(move || {
+                    for (at, bytes) in due {
+                        thread::sleep(at.saturating_duration_since(Instant::now()));
+                        if to_server.write_all(&bytes).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_server.shutdown(std::net::Shutdown::Both);
+                });
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_server, &mut to_client);
+                    let _ = to_client.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Self { port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
