@@ -288,10 +288,13 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.check()?;
         let key = self.window_key(window_start, "endpoints");
-        let added: u64 = self.client.sadd(&key, endpoint).await?;
-        if added == 1 {
-            let _: i64 = self.client.expire_at(&key, expire_at, None).await?;
-        }
+        // The expiry goes with every add (it is absolute, so repeating it is harmless): an
+        // add that succeeded while its EXPIREAT failed would otherwise leave a key that
+        // never expires, since a retry's SADD adds nothing.
+        let pipeline = self.client.pipeline();
+        let _: () = pipeline.sadd(&key, endpoint).await?;
+        let _: () = pipeline.expire_at(&key, expire_at, None).await?;
+        let _: Vec<Value> = pipeline.all().await?;
         Ok(())
     }
 
@@ -374,12 +377,37 @@ impl Store {
         Ok(false)
     }
 
-    /// Marks the window's fleet report as delivered.
+    /// Marks the window's fleet report as delivered (one `SET … EXAT`: the mark never
+    /// outlives the window's keys).
     pub async fn mark_done(&self, window_start: i64, expire_at: i64) -> Result<(), StoreError> {
         self.check()?;
         let key = self.window_key(window_start, "done");
-        let _: Option<String> = self.client.set(&key, "1", None, None, false).await?;
-        let _: i64 = self.client.expire_at(&key, expire_at, None).await?;
+        let _: Option<String> = self
+            .client
+            .set(&key, "1", Some(Expiration::EXAT(expire_at)), None, false)
+            .await?;
+        Ok(())
+    }
+
+    /// Re-applies the window's expiry to the shard keys this instance wrote and to its
+    /// endpoint set, off the request path (at the window's close): absolute and idempotent,
+    /// so a first `EXPIREAT` that failed is made good and none is ever the only one.
+    pub async fn expire_window(
+        &self,
+        window_start: i64,
+        shards: &[u32],
+        expire_at: i64,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        let keys = shards
+            .iter()
+            .map(|&s| self.ids_key(window_start, s))
+            .chain(std::iter::once(self.window_key(window_start, "endpoints")));
+        let calls = keys.map(|key| async move {
+            let _: i64 = self.client.expire_at(key, expire_at, None).await?;
+            Ok::<_, fred::error::Error>(())
+        });
+        try_join_all(calls).await?;
         Ok(())
     }
 

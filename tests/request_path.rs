@@ -181,3 +181,50 @@ fn no_ok_comes_after_another_instance_read_the_count() {
         "no request got through: {answers:?}"
     );
 }
+
+/// Every key of a window carries its absolute expiry, and a lost one is made good when the
+/// window closes: the shard set whose TTL was removed after its first write (as if that
+/// EXPIREAT had failed) has one again after the report; the endpoint set and the done mark
+/// have theirs from the command that made them.
+#[test]
+fn window_keys_always_expire() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let receiver = Receiver::start();
+    let verve = Verve::start(&[
+        "--redis-url",
+        &redis.url(),
+        "--window-secs",
+        "2",
+        "--grace-ms",
+        "600",
+        "--callback-allow",
+        "127.0.0.0/8",
+    ]);
+    let window = sleep_into_next_window(2, 100);
+    let hook = encode(&receiver.url("/ttl"));
+    let mut conn = verve.connect();
+    assert_eq!(
+        conn.get(&format!("/api/verve/accept?id=5&endpoint={hook}"))
+            .status,
+        200
+    );
+    let ids = format!("verve:{{{window}:0}}:ids");
+    let ttl = |key: &str| -> i64 { redis.cli(&["TTL", key]).trim().parse().unwrap() };
+    wait_for(Duration::from_secs(2), || (ttl(&ids) > 0).then_some(()))
+        .expect("the shard set's first write sets its expiry");
+    assert_eq!(redis.cli(&["PERSIST", &ids]).trim(), "1");
+    assert_eq!(ttl(&ids), -1);
+    verve.wait_window(window, Duration::from_secs(6));
+    wait_for(Duration::from_secs(5), || {
+        (!receiver.to("/ttl").is_empty()).then_some(())
+    })
+    .expect("the POST");
+    let done = format!("verve:{{{window}}}:done");
+    wait_for(Duration::from_secs(3), || {
+        (ttl(&ids) > 0 && ttl(&done) > 0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("ids TTL {}, done TTL {}", ttl(&ids), ttl(&done)));
+    assert!(ttl(&format!("verve:{{{window}}}:endpoints")) > 0);
+}

@@ -70,6 +70,16 @@ pub async fn report(shared: &Arc<Shared>, window: Arc<Window>) {
     let Some(store) = shared.store.as_ref() else {
         return;
     };
+    let (owner, start, shards) = (Arc::clone(shared), window.start, window.touched_shards());
+    shared.spawn(async move {
+        if let Some(store) = &owner.store
+            && let Err(e) = store
+                .expire_window(start, &shards, expire_at(&owner, start))
+                .await
+        {
+            log::warn!("window {start}: re-applying its keys' expiry failed: {e}");
+        }
+    });
     match tokio::time::timeout(read_timeout(shared), fleet_count(shared, store, &window)).await {
         Ok(Ok(count)) => {
             log_count(shared, window.start, count, "fleet", None);
