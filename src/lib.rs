@@ -77,6 +77,9 @@ pub struct Shared {
     pub status: status::Status,
     /// Requests waiting for the store (fleet mode), limited by `--max-inflight`.
     pub waiting: AtomicUsize,
+    /// Fleet mode: set while the fleet announces settings that shape keys and windows other
+    /// than ours; the instance is then not ready and counts nothing (SPEC §6.2).
+    pub settings_differ: AtomicBool,
     /// Fleet work that outlives the call that started it (window deliveries, late reports,
     /// key expiries): owned here so shutdown waits for it, reaped as it finishes.
     background: parking_lot::Mutex<JoinSet<()>>,
@@ -122,6 +125,7 @@ impl Shared {
             ready: AtomicBool::new(true),
             status: status::Status::default(),
             waiting: AtomicUsize::new(0),
+            settings_differ: AtomicBool::new(false),
             background: parking_lot::Mutex::new(JoinSet::new()),
         })
     }
@@ -146,7 +150,9 @@ impl Shared {
 
     /// Ready to serve: not shutting down and, in fleet mode, connected to the store.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.store.as_ref().is_none_or(Store::is_connected)
+        self.ready.load(Ordering::Acquire)
+            && !self.settings_differ.load(Ordering::Acquire)
+            && self.store.as_ref().is_none_or(Store::is_connected)
     }
 
     fn render_metrics(&self) -> String {
@@ -199,13 +205,21 @@ pub async fn run(
         }
         None => (None, None),
     };
+    // A fleet whose instances disagree on the key layout would count into different sets:
+    // checked before serving, then kept up (a later instance may differ).
+    let differ = match &store {
+        Some(store) => report::fleet::check_settings(&config, store).await,
+        None => false,
+    };
     let mode = if store.is_some() { "fleet" } else { "single" };
     let shared = Arc::new(Shared::new(config, clock, store, lanes)?);
+    shared.settings_differ.store(differ, Ordering::Release);
 
     let (finish, finishing) = watch::channel(false);
     let reporter = tokio::spawn(report::run(Arc::clone(&shared), finishing));
     let reopener = tokio::spawn(reopen_count_log_on_sighup());
     let resyncer = tokio::spawn(report::fleet::resync_on_reconnect(Arc::clone(&shared)));
+    let announcer = tokio::spawn(report::fleet::announce_settings(Arc::clone(&shared)));
     let admin_addr = match &admin {
         Some(admin) => format!(" admin={}", admin.local_addr()?),
         None => String::new(),
@@ -261,6 +275,7 @@ pub async fn run(
     }
     reopener.abort();
     resyncer.abort();
+    announcer.abort();
     // Connections cut at the shutdown deadline hold the shared state: dropped with their
     // lanes, so that nothing outlives `run`.
     if let Some(lanes) = &shared.lanes {

@@ -351,6 +351,37 @@ impl Store {
         Ok(try_join_all(reads).await?.iter().sum())
     }
 
+    /// Announces this instance's settings that shape keys and windows (SPEC §6.2) under
+    /// `<prefix>:settings`, held `ttl` and renewed by every instance that agrees: `Ok(None)`
+    /// when the fleet's are the same (or this instance is the first), `Ok(Some(theirs))`
+    /// when they differ.
+    pub async fn announce(&self, ours: &str, ttl: Duration) -> Result<Option<String>, StoreError> {
+        self.check()?;
+        let key = format!("{}:settings", self.prefix);
+        let ms = ttl.as_millis().max(1) as i64;
+        let set: Option<String> = self
+            .client
+            .set(
+                &key,
+                ours,
+                Some(Expiration::PX(ms)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await?;
+        if set.is_some() {
+            return Ok(None);
+        }
+        let theirs: Option<String> = self.client.get(&key).await?;
+        match theirs {
+            Some(theirs) if theirs != ours => Ok(Some(theirs)),
+            _ => {
+                let _: i64 = self.client.pexpire(&key, ms, None).await?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Tries to take (or renew, if ours) the window's leader lease.
     pub async fn lead(&self, window_start: i64, lease: Duration) -> Result<bool, StoreError> {
         self.check()?;

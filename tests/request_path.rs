@@ -228,3 +228,49 @@ fn window_keys_always_expire() {
     .unwrap_or_else(|| panic!("ids TTL {}, done TTL {}", ttl(&ids), ttl(&done)));
     assert!(ttl(&format!("verve:{{{window}}}:endpoints")) > 0);
 }
+
+/// An instance whose key layout differs from the fleet's (here `--redis-shards`) is not ready,
+/// counts nothing and says why; with its own `--redis-prefix` it is a fleet of its own.
+#[test]
+fn an_instance_with_other_settings_refuses_to_serve() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let a = Verve::start(&["--redis-url", &url, "--window-secs", "4"]);
+    assert_eq!(a.get("/readyz").status, 200);
+    let dir = common::TempDir::new("settings");
+    let stderr = dir.0.join("stderr");
+    let b = Verve::start_with_stderr(
+        &[
+            "--redis-url",
+            &url,
+            "--window-secs",
+            "4",
+            "--redis-shards",
+            "2",
+        ],
+        &[],
+        &stderr,
+    );
+    assert_eq!(b.get("/readyz").status, 503);
+    assert_eq!(b.get("/api/verve/accept?id=42").status, 503);
+    let said = std::fs::read_to_string(&stderr).unwrap();
+    assert!(
+        said.contains("window_secs=4 redis_shards=1") && said.contains("redis_shards=2"),
+        "{said}"
+    );
+    let c = Verve::start(&[
+        "--redis-url",
+        &url,
+        "--window-secs",
+        "4",
+        "--redis-shards",
+        "2",
+        "--redis-prefix",
+        "other",
+    ]);
+    assert_eq!(c.get("/readyz").status, 200);
+    assert_eq!(c.get("/api/verve/accept?id=42").status, 200);
+    assert_eq!(a.get("/api/verve/accept?id=42").status, 200);
+}

@@ -382,7 +382,7 @@ fn accept(shared: &Arc<Shared>, query: &str) -> Answer {
     if endpoint_known && seen {
         return Answer::now(answer(shared, Outcome::Ok));
     }
-    if window.is_cut() {
+    if window.is_cut() || shared.settings_differ.load(Ordering::Relaxed) {
         // Past its cutoff: a count read at the end of the grace could miss this id.
         return Answer::now(answer(shared, Outcome::Unavailable));
     }

@@ -300,3 +300,61 @@ fn bounded(shared: &Shared, shown: &str, stored: Vec<String>) -> Vec<Box<str>> {
     }
     kept
 }
+
+/// How long the fleet's settings stay announced without a renewal: a fleet that changed its
+/// settings everywhere at once (all instances stopped) starts again after this.
+const SETTINGS_TTL: Duration = Duration::from_secs(30);
+
+/// The settings every instance of a fleet must share (SPEC §6.2), as announced.
+pub fn settings_fingerprint(config: &crate::config::Config) -> String {
+    format!(
+        "window_secs={} redis_shards={} count=exact",
+        config.window_secs,
+        config.redis_shards()
+    )
+}
+
+/// Compares this instance's settings with the fleet's; true (and says why) when they
+/// differ, or when Redis cannot tell (then the next renewal decides).
+pub async fn check_settings(config: &crate::config::Config, store: &Store) -> bool {
+    let ours = settings_fingerprint(config);
+    match store.announce(&ours, SETTINGS_TTL).await {
+        Ok(None) => false,
+        Ok(Some(theirs)) => {
+            log::error!(
+                "the fleet under --redis-prefix {} runs with {theirs}, this instance with {ours}: \
+                 not ready, counting nothing (a change of these settings takes a new --redis-prefix)",
+                config.redis_prefix
+            );
+            true
+        }
+        Err(e) => {
+            log::warn!("announcing this instance's settings failed: {e}");
+            false
+        }
+    }
+}
+
+/// Renews the announcement every third of its lifetime, following the fleet: an instance
+/// whose settings differ from the fleet's stays unready until the fleet's announcement lapses.
+pub async fn announce_settings(shared: Arc<Shared>) {
+    let Some(store) = shared.store.as_ref() else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(SETTINGS_TTL / 3).await;
+        let ours = settings_fingerprint(&shared.settings);
+        match store.announce(&ours, SETTINGS_TTL).await {
+            Ok(theirs) => {
+                let differ = theirs.is_some();
+                let was = shared.settings_differ.swap(differ, Ordering::AcqRel);
+                if differ && !was {
+                    check_settings(&shared.settings, store).await;
+                } else if was && !differ {
+                    log::info!("the fleet's settings match this instance's now: ready");
+                }
+            }
+            Err(e) => log::debug!("renewing this instance's settings failed: {e}"),
+        }
+    }
+}
