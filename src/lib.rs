@@ -220,6 +220,10 @@ pub async fn run(
     let reopener = tokio::spawn(reopen_count_log_on_sighup());
     let resyncer = tokio::spawn(report::fleet::resync_on_reconnect(Arc::clone(&shared)));
     let announcer = tokio::spawn(report::fleet::announce_settings(Arc::clone(&shared)));
+    let cutter = tokio::spawn(report::cut_at_cutoffs(Arc::clone(&shared)));
+    if shared.store.is_none() {
+        cutter.abort(); // a single node's requests never wait: no cutoffs
+    }
     let admin_addr = match &admin {
         Some(admin) => format!(" admin={}", admin.local_addr()?),
         None => String::new(),
@@ -276,6 +280,7 @@ pub async fn run(
     reopener.abort();
     resyncer.abort();
     announcer.abort();
+    cutter.abort();
     // Connections cut at the shutdown deadline hold the shared state: dropped with their
     // lanes, so that nothing outlives `run`.
     if let Some(lanes) = &shared.lanes {

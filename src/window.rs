@@ -156,6 +156,16 @@ struct Registration {
     pending: Option<watch::Receiver<Option<bool>>>,
 }
 
+impl Registration {
+    /// What a request naming this registered endpoint gets.
+    fn claim<'w>(&self) -> Claim<'w> {
+        match &self.pending {
+            None => Claim::Settled(Registered::Known),
+            Some(pending) => Claim::Wait(Shared(pending.clone())),
+        }
+    }
+}
+
 /// An endpoint offered to a window in fleet mode, where it counts as known only once Redis
 /// holds it.
 pub enum Claim<'w> {
@@ -202,14 +212,19 @@ impl Drop for Lead<'_> {
         if self.confirmed {
             return;
         }
-        let ours = |r: &Registration| {
-            r.pending
+        // Its slots are given back while its entry is still held: a request claiming the
+        // endpoint meanwhile finds either the registration or its slots free, never a full
+        // window for want of the slot this one is about to give back.
+        if let dashmap::Entry::Occupied(entry) = self.window.endpoints.entry(self.key) {
+            let ours = entry
+                .get()
+                .pending
                 .as_ref()
-                .is_some_and(|p| p.same_channel(&self.outcome.subscribe()))
-        };
-        if let Some((_, registration)) = self.window.endpoints.remove_if(&self.key, |_, r| ours(r))
-        {
-            self.window.release(registration.domain);
+                .is_some_and(|p| p.same_channel(&self.outcome.subscribe()));
+            if ours {
+                self.window.release(entry.get().domain);
+                entry.remove();
+            }
         }
         self.outcome.send_replace(Some(false));
     }
@@ -282,78 +297,71 @@ impl Window {
     /// Registers a callback endpoint, bounded by `max_endpoints` per window and
     /// `max_per_domain` per domain. Allocates only when the endpoint is added.
     pub fn register_endpoint(&self, endpoint: &Endpoint<'_>) -> Registered {
-        self.register(endpoint, None)
+        // Known endpoints (the common case) take only a read lock.
+        if self.endpoints.contains_key(&endpoint.key()) {
+            return Registered::Known;
+        }
+        match self.register(endpoint, None) {
+            Ok(()) => Registered::Added,
+            Err(Claim::Settled(refused)) => refused,
+            Err(_) => Registered::Known,
+        }
     }
 
     /// Fleet mode: offers an endpoint that counts as known only once Redis holds it. The
     /// first request for it leads its registration; concurrent ones share the outcome.
     pub fn claim_endpoint(&self, endpoint: &Endpoint<'_>) -> Claim<'_> {
         if let Some(registration) = self.endpoints.get(&endpoint.key()) {
-            return match &registration.pending {
-                None => Claim::Settled(Registered::Known),
-                Some(pending) => Claim::Wait(Shared(pending.clone())),
-            };
+            return registration.claim();
         }
         let (outcome, pending) = watch::channel(None);
-        match self.register(endpoint, Some(pending.clone())) {
-            Registered::Added => Claim::Lead(Lead {
+        match self.register(endpoint, Some(pending)) {
+            Ok(()) => Claim::Lead(Lead {
                 window: self,
                 key: endpoint.key(),
                 outcome,
                 confirmed: false,
             }),
-            // Registered meanwhile by another request: its state decides.
-            Registered::Known => match self.endpoints.get(&endpoint.key()) {
-                Some(r) => match &r.pending {
-                    None => Claim::Settled(Registered::Known),
-                    Some(p) => Claim::Wait(Shared(p.clone())),
-                },
-                None => Claim::Settled(Registered::Known),
-            },
-            refused => Claim::Settled(refused),
+            Err(settled) => settled,
         }
     }
 
+    /// Adds the endpoint unless it is there (then its registration's state decides) or a
+    /// bound refuses it. Decided under the endpoint's map entry, so that two requests for one
+    /// endpoint never both take a slot, and one finds the other's registration as it stands.
     fn register(
         &self,
         endpoint: &Endpoint<'_>,
         pending: Option<watch::Receiver<Option<bool>>>,
-    ) -> Registered {
-        let key = endpoint.key();
-        if self.endpoints.contains_key(&key) {
-            return Registered::Known;
-        }
+    ) -> Result<(), Claim<'_>> {
+        let vacant = match self.endpoints.entry(endpoint.key()) {
+            dashmap::Entry::Occupied(occupied) => return Err(occupied.get().claim()),
+            dashmap::Entry::Vacant(vacant) => vacant,
+        };
         if self.endpoint_slots.fetch_add(1, Ordering::AcqRel) >= self.max_endpoints {
             self.endpoint_slots.fetch_sub(1, Ordering::AcqRel);
             let first = !self.endpoints_overflowed.swap(true, Ordering::AcqRel);
-            return Registered::Full { first };
+            return Err(Claim::Settled(Registered::Full { first }));
         }
+        // Lock order: an endpoint's entry, then the domain counts (as in `release`'s callers).
         let domain = endpoint.domain_key();
         {
             let mut taken = self.domains.entry(domain).or_insert(0);
             if *taken >= self.max_per_domain {
                 drop(taken);
                 self.endpoint_slots.fetch_sub(1, Ordering::AcqRel);
+                self.domains.remove_if(&domain, |_, taken| *taken == 0);
                 let first = !self.domain_overflowed.swap(true, Ordering::AcqRel);
-                return Registered::DomainFull { first };
+                return Err(Claim::Settled(Registered::DomainFull { first }));
             }
             *taken += 1;
         }
-        match self.endpoints.entry(key) {
-            dashmap::Entry::Occupied(_) => {
-                // Another request registered the same endpoint meanwhile: give the slots back.
-                self.release(domain);
-                Registered::Known
-            }
-            dashmap::Entry::Vacant(vacant) => {
-                vacant.insert(Registration {
-                    url: endpoint.as_str().into(),
-                    domain,
-                    pending,
-                });
-                Registered::Added
-            }
-        }
+        vacant.insert(Registration {
+            url: endpoint.as_str().into(),
+            domain,
+            pending,
+        });
+        Ok(())
     }
 
     /// Gives back an endpoint slot and its domain's.
@@ -408,9 +416,14 @@ impl Window {
             Ok(pending) => {
                 let added = add().await;
                 // Acknowledged after the cutoff: the count may have been read without it.
-                let entered = added.is_ok() && !self.is_cut();
+                let mut entered = added.is_ok() && !self.is_cut();
                 if entered {
                     self.insert(id);
+                    // Cut meanwhile: out again (the count may have been read without it).
+                    if self.is_cut() {
+                        self.ids.remove(&id);
+                        entered = false;
+                    }
                 }
                 pending.finish(entered);
                 match added {
@@ -460,9 +473,9 @@ impl Window {
             .send_if_modified(|cut| !std::mem::replace(cut, true));
     }
 
-    /// Whether the cutoff has passed.
+    /// Whether the cutoff has passed: cut, or due (whoever cuts may be late).
     pub fn is_cut(&self) -> bool {
-        *self.cut.borrow()
+        *self.cut.borrow() || self.cut_at.is_some_and(|at| Instant::now() >= at)
     }
 
     /// Resolves at the cutoff.
@@ -911,6 +924,58 @@ mod fleet_tests {
             Ok(())
         );
         assert!(window.contains(6));
+    }
+
+    /// Two requests claiming one endpoint whose registrations keep failing: neither is ever
+    /// told it is known, nor refused as over a bound it is within, and no slot leaks.
+    #[test]
+    fn racing_claims_of_one_endpoint_settle_nothing_falsely() {
+        let windows = Windows::new(0, 60, (1, 1), 4);
+        let window = Arc::clone(&windows.open()[0]);
+        let settled = AtomicUsize::new(0);
+        let leads = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..50_000 {
+                        let mut buf = EndpointBuf::new();
+                        let e = Endpoint::parse("http://hooks.example/x", &mut buf).unwrap();
+                        match window.claim_endpoint(&e) {
+                            Claim::Lead(lead) => {
+                                leads.fetch_add(1, Ordering::Relaxed);
+                                drop(lead); // the store failed
+                            }
+                            Claim::Settled(_) => {
+                                settled.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Claim::Wait(_) => {}
+                        }
+                    }
+                });
+            }
+        });
+        assert!(leads.load(Ordering::Relaxed) > 0);
+        assert_eq!(settled.load(Ordering::Relaxed), 0, "settled without Redis");
+        assert_eq!(
+            window.endpoint_slots.load(Ordering::Relaxed),
+            0,
+            "slot leak"
+        );
+        assert_eq!(window.domains.len(), 0, "domain count leak");
+    }
+
+    /// Due is cut, whether or not anyone cut it yet.
+    #[tokio::test(start_paused = true)]
+    async fn a_due_cutoff_counts_as_cut() {
+        let windows = Windows::new(59_500, 60, (1, 1), 4).with_cutoff(650, 59_500);
+        let window = Arc::clone(&windows.open()[0]);
+        tokio::time::sleep(Duration::from_millis(1_149)).await;
+        assert!(!window.is_cut());
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        assert!(
+            window.is_cut(),
+            "nobody called cut(), but the cutoff has passed"
+        );
     }
 
     /// Past the cutoff an acknowledgement no longer enters the window, and the cutoff is

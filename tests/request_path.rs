@@ -274,3 +274,59 @@ fn an_instance_with_other_settings_refuses_to_serve() {
     assert_eq!(c.get("/api/verve/accept?id=42").status, 200);
     assert_eq!(a.get("/api/verve/accept?id=42").status, 200);
 }
+
+/// The cutoff comes on time even while the reporter is busy with the window before (found
+/// by review: it used to fire only between reports). A 400 ms link, a 1 250 ms skew budget
+/// and 2 s windows put W+1's cutoff 550 ms after its end, while W's report — this instance
+/// wrote into W, so it checks its shard first — takes about two round trips past W+1's end.
+#[test]
+fn the_cutoff_does_not_wait_for_the_reporter() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let link = common::DelayLink::start(redis.port, 400);
+    let verve = Verve::start(&[
+        "--redis-url",
+        &link.url(),
+        "--window-secs",
+        "2",
+        "--grace-ms",
+        "1900",
+        "--max-clock-skew-ms",
+        "1250",
+        "--redis-timeout-ms",
+        "500",
+    ]);
+    let warm = wait_for(Duration::from_secs(10), || {
+        (verve.get("/api/verve/accept?id=1").status == 200).then_some(())
+    });
+    assert!(warm.is_some());
+    let w = sleep_into_next_window(2, 200);
+    assert_eq!(verve.get("/api/verve/accept?id=42").status, 200);
+    let end = (w + 4) * 1000; // W+1's end
+    thread::sleep(Duration::from_millis(
+        (end - 1400 - common::now_ms()).max(0) as u64,
+    ));
+    let addr = verve.addr;
+    let mut senders = Vec::new();
+    let mut id = 10_000;
+    while common::now_ms() < end - 15 {
+        id += 1;
+        senders.push(thread::spawn(move || {
+            let mut conn = Conn::connect(addr);
+            let sent = common::now_ms();
+            let status = conn.get(&format!("/api/verve/accept?id={id}")).status;
+            (sent - end, status, common::now_ms() - end)
+        }));
+        thread::sleep(Duration::from_millis(20));
+    }
+    let answers: Vec<(i64, u16, i64)> = senders.into_iter().map(|s| s.join().unwrap()).collect();
+    let late: Vec<_> = answers
+        .iter()
+        .filter(|a| a.0 < 0 && a.1 == 200 && a.2 > 570)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "ok after the cutoff at +550 ms: {late:?} of {answers:?}"
+    );
+}

@@ -539,6 +539,8 @@ async fn decide_in_fleet(
             Claim::Wait(registration) => registration.succeeded().await,
             Claim::Lead(lead) => {
                 match Box::pin(store.add_endpoint(window.start, &endpoint, expiry)).await {
+                    // Acknowledged after the cutoff: as good as failed for this window.
+                    Ok(()) if window.is_cut() => false,
                     Ok(()) => {
                         lead.confirm();
                         true

@@ -32,24 +32,32 @@ const DRAIN_POLL: Duration = Duration::from_millis(1);
 /// so only a stuck one (a bug) could hold it; the count is read without it.
 const DRAIN_LIMIT: Duration = Duration::from_secs(1);
 
+/// Cuts each window at its cutoff (fleet mode), on the monotonic clock and apart from the
+/// reporter, which may be busy reading an earlier window's count when a cutoff comes.
+pub async fn cut_at_cutoffs(shared: Arc<Shared>) {
+    loop {
+        let next = shared.windows.cut_due(tokio::time::Instant::now());
+        let nap = next.map_or(MAX_NAP, |at| {
+            at.saturating_duration_since(tokio::time::Instant::now())
+                .min(MAX_NAP)
+        });
+        tokio::time::sleep(nap).await;
+    }
+}
+
 /// Reports windows as they become final until `finish` turns true; then reports the windows
 /// that already ended (waiting out their grace) and the open one as `partial=true`.
 pub async fn run(shared: Arc<Shared>, mut finish: watch::Receiver<bool>) {
     let grace_ms = shared.settings.grace_ms as i64;
     let secs = shared.windows.secs();
     while !*finish.borrow() {
-        // Cutoffs are on the monotonic clock; the report's moment on the wall clock.
-        let next_cut = shared.windows.cut_due(tokio::time::Instant::now());
         let due = (shared.windows.oldest_start() + secs) * 1000 + grace_ms;
         let now = shared.clock.now_ms();
         if now >= due {
             report_oldest(&shared, false).await;
             continue;
         }
-        let mut nap = Duration::from_millis((due - now) as u64).min(MAX_NAP);
-        if let Some(at) = next_cut {
-            nap = nap.min(at.saturating_duration_since(tokio::time::Instant::now()));
-        }
+        let nap = Duration::from_millis((due - now) as u64).min(MAX_NAP);
         tokio::select! {
             _ = tokio::time::sleep(nap) => {}
             _ = finish.changed() => {}
