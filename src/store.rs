@@ -6,16 +6,19 @@
 //! client is disconnected, calls fail at once with [`StoreError::Unavailable`] rather than
 //! queueing behind a dead connection.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::*;
 use fred::types::config::UnresponsiveConfig;
 use fred::types::{Expiration, SetOptions};
-use futures::future::{join_all, try_join_all};
+use futures::StreamExt;
+use futures::future::try_join_all;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::lanes::Lanes;
@@ -536,10 +539,12 @@ fn tls_trusting(ca_file: &Path) -> Result<rustls::ClientConfig, String> {
         .with_no_client_auth())
 }
 
-/// Takes every queued id, sends one `SADD` per shard key (pipelined by fred), answers each
-/// id with its key's outcome, and starts over: one round in flight at a time. Between rounds
-/// it yields while its queue still grows (at most [`MAX_YIELDS`] times), so that the
-/// connections just answered can queue their next ids into the same round.
+/// Takes every queued id and sends one `SADD` per shard key (pipelined by fred), answering
+/// each id with its key's outcome: at most one round in flight per shard key, so ids queue
+/// up behind their own key's round only — a stalled cluster node holds its shards' ids, not
+/// the others'. After a round it yields while its queue still grows (at most [`MAX_YIELDS`]
+/// times), so that the connections just answered can queue their next ids into the key's
+/// next round.
 async fn run_batcher(
     client: Client,
     prefix: String,
@@ -547,45 +552,105 @@ async fn run_batcher(
     mut queue: mpsc::Receiver<PendingAdd>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut groups: HashMap<(i64, u32), (Vec<i64>, Vec<Answer>)> = HashMap::new();
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        for pending in batch.drain(..) {
-            let group = groups
-                .entry((pending.window_start, shard_of(pending.id, shards)))
-                .or_default();
-            group.0.push(pending.id);
-            group.1.push(pending.done);
+    // Ids waiting for their shard key's next round, and the keys with a round in flight:
+    // each key has at most one, and a slow key (a stalled cluster node) holds only its own
+    // ids, while the others' rounds go on.
+    let mut waiting: HashMap<(i64, u32), (Vec<i64>, Vec<Answer>)> = HashMap::new();
+    let mut busy: HashSet<(i64, u32)> = HashSet::new();
+    let mut rounds = FuturesUnordered::new();
+    let mut open = true;
+    // With one shard key per window the queue is read only between rounds, as ids for a
+    // busy key could only wait anyway: a request then wakes the batcher once a round, not
+    // once an id. With several, it is read during rounds too, so a free key's ids go at once.
+    let read_during_rounds = shards > 1;
+    loop {
+        let started = rounds.len();
+        for (key, (ids, answers)) in waiting.extract_if(|key, _| !busy.contains(key)) {
+            rounds.push(round(&client, &prefix, key, ids, answers));
         }
-        let rounds = groups
-            .drain()
-            .map(|((window_start, shard), (ids, waiting))| {
-                let key = ids_key(&prefix, window_start, shard);
-                let client = &client;
-                async move {
-                    // Boxed: a fred command future is several KiB, and `join_all` would
-                    // otherwise move it around by value.
-                    let outcome = Box::pin(client.sadd::<u64, _, _>(key, ids))
-                        .await
-                        .map(|_| ())
-                        .map_err(StoreError::from);
-                    for done in waiting {
-                        let _ = done.send(outcome.clone());
-                    }
+        // The keys of the rounds just started are busy until each one ends.
+        if rounds.len() > started {
+            busy.clear();
+            busy.extend(rounds.iter().map(Round::key));
+        }
+        if !open && rounds.is_empty() {
+            return;
+        }
+        tokio::select! {
+            received = queue.recv_many(&mut batch, MAX_BATCH),
+                if open && (rounds.is_empty() || read_during_rounds) => {
+                if received == 0 {
+                    open = false; // the store is gone: finish the rounds in flight
                 }
-            });
-        join_all(rounds).await;
-        // Let the requests just answered run (and their connections' next requests arrive)
-        // before taking the next batch: fewer, fuller rounds under load.
-        let mut queued = queue.len();
-        for _ in 0..MAX_YIELDS {
-            tokio::task::yield_now().await;
-            let now = queue.len();
-            if now == queued || now >= MAX_BATCH {
-                break;
+                for pending in batch.drain(..) {
+                    let group = waiting
+                        .entry((pending.window_start, shard_of(pending.id, shards)))
+                        .or_default();
+                    group.0.push(pending.id);
+                    group.1.push(pending.done);
+                }
             }
-            queued = now;
+            Some(key) = rounds.next(), if !rounds.is_empty() => {
+                busy.remove(&key);
+                // Let the requests just answered run (and their connections' next requests
+                // arrive) before the key's next round: fewer, fuller rounds under load.
+                let mut queued = queue.len();
+                for _ in 0..MAX_YIELDS {
+                    tokio::task::yield_now().await;
+                    let now = queue.len();
+                    if now == queued || now >= MAX_BATCH {
+                        break;
+                    }
+                    queued = now;
+                }
+            }
         }
     }
+}
+
+/// One `SADD` of a shard key's waiting ids in flight; resolves to its key once every id is
+/// answered with the outcome.
+struct Round<'a> {
+    key: (i64, u32),
+    // Boxed: a fred command future is several KiB; the set of rounds moves it otherwise.
+    sadd: Pin<Box<dyn Future<Output = (i64, u32)> + Send + 'a>>,
+}
+
+impl Round<'_> {
+    fn key(&self) -> (i64, u32) {
+        self.key
+    }
+}
+
+impl Future for Round<'_> {
+    type Output = (i64, u32);
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<(i64, u32)> {
+        self.sadd.as_mut().poll(cx)
+    }
+}
+
+fn round<'a>(
+    client: &'a Client,
+    prefix: &'a str,
+    key: (i64, u32),
+    ids: Vec<i64>,
+    answers: Vec<Answer>,
+) -> Round<'a> {
+    let sadd = Box::pin(async move {
+        let outcome = client
+            .sadd::<u64, _, _>(ids_key(prefix, key.0, key.1), ids)
+            .await
+            .map(|_| ())
+            .map_err(StoreError::from);
+        for done in answers {
+            let _ = done.send(outcome.clone());
+        }
+        key
+    });
+    Round { key, sadd }
 }
 
 #[cfg(test)]

@@ -330,3 +330,84 @@ fn the_cutoff_does_not_wait_for_the_reporter() {
         "ok after the cutoff at +550 ms: {late:?} of {answers:?}"
     );
 }
+
+/// The slots `node` serves (from `CLUSTER NODES`, its `myself` line).
+fn slots_of(node: &Redis) -> Vec<(u16, u16)> {
+    let nodes = node.cli(&["CLUSTER", "NODES"]);
+    let mine = nodes
+        .lines()
+        .find(|l| l.contains("myself"))
+        .expect("a myself line");
+    mine.split_whitespace()
+        .skip(8)
+        .filter_map(|range| {
+            let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+            Some((lo.parse().ok()?, hi.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A stalled cluster node holds only the ids of the shards it serves: on the same lane, an
+/// id of another node's shard is answered at once, not after the stalled round times out.
+#[test]
+fn one_stalled_node_holds_only_its_own_shards() {
+    let Some(cluster) = common::Cluster::start() else {
+        return;
+    };
+    let verve = Verve::start(&[
+        "--redis-url",
+        &cluster.url(),
+        "--redis-cluster",
+        "--lanes",
+        "1",
+        "--redis-timeout-ms",
+        "400",
+        "--window-secs",
+        "10",
+    ]);
+    let window = sleep_into_next_window(10, 200);
+    let stalled = &cluster.nodes[0];
+    let stalled_slots = slots_of(stalled);
+    // Ids whose shard key lives on the stalled node, and ids whose key does not.
+    let on_stalled = |id: i64| {
+        let shard = verve::store::shard_of(id, 16);
+        let key = verve::store::ids_key("verve", window, shard);
+        let slot: u16 = stalled
+            .cli(&["CLUSTER", "KEYSLOT", &key])
+            .trim()
+            .parse()
+            .unwrap();
+        stalled_slots
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&slot))
+    };
+    let slow_id = (1..).find(|&id| on_stalled(id)).unwrap();
+    let fast_ids: Vec<i64> = (1000..).filter(|&id| !on_stalled(id)).take(5).collect();
+    let mut warm = verve.connect();
+    assert_eq!(
+        warm.get(&format!("/api/verve/accept?id={}", fast_ids[0]))
+            .status,
+        200
+    );
+    let paused = stalled.cli(&["CLIENT", "PAUSE", "1500", "WRITE"]);
+    assert!(paused.contains("OK"), "{paused}");
+    let mut slow_conn = verve.connect();
+    let slow = thread::spawn(move || {
+        slow_conn
+            .get(&format!("/api/verve/accept?id={slow_id}"))
+            .status
+    });
+    thread::sleep(Duration::from_millis(50));
+    let mut fast_conn = verve.connect();
+    for &id in &fast_ids[1..] {
+        let started = Instant::now();
+        let status = fast_conn.get(&format!("/api/verve/accept?id={id}")).status;
+        let took = started.elapsed();
+        assert_eq!(status, 200, "id {id}");
+        assert!(
+            took < Duration::from_millis(200),
+            "id {id} of a live node waited {took:?} behind the stalled one"
+        );
+    }
+    assert_eq!(slow.join().unwrap(), 503, "the stalled node's id times out");
+}
