@@ -1,17 +1,8 @@
--- wrk script: every request carries a fresh id (as unique.lua) and one of 16 callback
--- endpoints, percent-encoded as a client must (encodeURIComponent). The endpoints are on
--- loopback, which the SSRF guard refuses without --callback-allow: each window's 16
--- deliveries are one `error=blocked` line apiece and nothing is sent.
-local threads = 0
-function setup(thread)
-  threads = threads + 1
-  thread:set("tid", threads)
-end
-
-function init(args)
-  counter = 0
-  salt = os.time() % 90000 + 10000
-end
+-- wrk script: the fresh ids of unique.lua, each with one of 16 callback endpoints,
+-- percent-encoded as a client must (encodeURIComponent). The endpoints are on loopback,
+-- which the SSRF guard refuses without --callback-allow: each window's 16 deliveries are one
+-- `error=blocked` line apiece and nothing is sent. Run from the repository's top directory.
+dofile("scripts/wrk/unique.lua")
 
 function request()
   counter = counter + 1
