@@ -103,7 +103,7 @@ pub struct Config {
 
     /// Signs every callback (Standard Webhooks: HMAC-SHA256); `whsec_<base64>` or raw text.
     /// Prefer the environment variable: flags show in process listings.
-    #[arg(long, env = "VERVE_CALLBACK_SECRET", hide_env_values = true)]
+    #[arg(long, env = "VERVE_CALLBACK_SECRET")]
     pub callback_secret: Option<String>,
 
     /// After SIGTERM, how long /readyz answers 503 before the listener closes.

@@ -192,25 +192,24 @@ impl Shared {
 pub struct Lead<'w> {
     window: &'w Window,
     key: u128,
+    /// The registration's outcome, for its sharers; `Some(true)` once confirmed.
     outcome: watch::Sender<Option<bool>>,
-    confirmed: bool,
 }
 
 impl Lead<'_> {
     /// Redis holds the endpoint: it is known from now on.
-    pub fn confirm(mut self) {
+    pub fn confirm(self) {
         if let Some(mut registration) = self.window.endpoints.get_mut(&self.key) {
             registration.pending = None;
         }
-        self.confirmed = true;
         self.outcome.send_replace(Some(true));
     }
 }
 
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
-        if self.confirmed {
-            return;
+        if *self.outcome.borrow() == Some(true) {
+            return; // confirmed
         }
         // Its slots are given back while its entry is still held: a request claiming the
         // endpoint meanwhile finds either the registration or its slots free, never a full
@@ -320,7 +319,6 @@ impl Window {
                 window: self,
                 key: endpoint.key(),
                 outcome,
-                confirmed: false,
             }),
             Err(settled) => settled,
         }

@@ -15,6 +15,8 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::time::Instant;
 
+use crate::http::query::{Endpoint, EndpointBuf, Site};
+
 /// Which destination a job counts against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Key {
@@ -31,45 +33,31 @@ pub enum Key {
 impl Key {
     /// The prefix `ip` belongs to.
     pub fn of_addr(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(v4) => {
-                let [a, b, c, _] = v4.octets();
-                Key::V4([a, b, c])
-            }
-            IpAddr::V6(v6) => {
-                let s = v6.segments();
-                // Forms that carry an IPv4 address reach that address: judge them by it.
-                let embedded = match s {
-                    [0, 0, 0, 0, 0, 0xffff, hi, lo] | [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(
-                        std::net::Ipv4Addr::from(u32::from(hi) << 16 | u32::from(lo)),
-                    ),
-                    _ => None,
-                };
-                match embedded {
-                    Some(v4) => Self::of_addr(IpAddr::V4(v4)),
-                    None => Key::V6([s[0], s[1], s[2], s[3]]),
-                }
-            }
-        }
+        Site::of_ip(ip).into()
     }
 
     /// The key of a host as written in a URL: an IP literal's prefix, else its site.
     pub fn of_host(host: &str) -> Self {
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        if let Ok(ip) = bare.parse::<IpAddr>() {
-            return Self::of_addr(ip);
-        }
-        let name = host.trim_end_matches('.').to_ascii_lowercase();
-        Key::Site(psl::domain_str(&name).unwrap_or(&name).into())
+        Site::of_host(&host.to_ascii_lowercase()).into()
     }
 
-    /// The key of an endpoint URL before it is resolved.
+    /// The key of a normalized endpoint before it is resolved.
     pub fn of_endpoint(endpoint: &str) -> Self {
-        let host = endpoint
-            .parse::<ureq::http::Uri>()
-            .ok()
-            .and_then(|uri| uri.host().map(str::to_owned));
-        Self::of_host(host.as_deref().unwrap_or(""))
+        let mut buf = EndpointBuf::new();
+        match Endpoint::parse_decoded(endpoint, &mut buf) {
+            Ok(endpoint) => Site::of_host(endpoint.host()).into(),
+            Err(_) => Key::Site("".into()),
+        }
+    }
+}
+
+impl From<Site<'_>> for Key {
+    fn from(site: Site<'_>) -> Self {
+        match site {
+            Site::V4(prefix) => Key::V4(prefix),
+            Site::V6(prefix) => Key::V6(prefix),
+            Site::Name(domain) => Key::Site(domain.into()),
+        }
     }
 }
 

@@ -524,10 +524,9 @@ async fn decide_in_fleet(
     // fred's command futures are several KiB: boxed here, they are only built for a new
     // endpoint instead of being carried (and copied) by every request's future.
     if let Some(endpoint) = endpoint {
-        // Normalized by this request already: it parses again (a failure is a bug, and is
-        // answered as an unknown outcome rather than an `ok` without its endpoint).
         // It counts as known only once Redis holds it; concurrent requests naming it share
-        // the one registration and its outcome.
+        // the one registration and its outcome. Normalized by this request already, it
+        // parses again; a failure (a bug) is an unknown outcome, never an `ok` without it.
         let Some(claim) = with_endpoint(&endpoint, |e| window.claim_endpoint(e)) else {
             return answer(shared, Outcome::Unavailable);
         };

@@ -5,7 +5,7 @@
 //! of its normalized bytes, so a request allocates nothing for an endpoint until one is
 //! registered for the first time.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::OnceLock;
 
 /// Longest decoded endpoint accepted, in bytes.
@@ -267,36 +267,62 @@ impl<'b> Endpoint<'b> {
         self.key
     }
 
-    /// Who answers for the host, as a seeded hash: its registrable domain (public suffix
-    /// list), or for an IP literal its /24 (IPv4, IPv4-mapped included) or /64 (IPv6). Caps
-    /// per domain use it, without DNS: host names under one domain are free to mint.
+    /// Who answers for the host ([`Site`]), as a seeded hash. Caps per domain use it,
+    /// without DNS: host names under one domain are free to mint.
     pub fn domain_key(&self) -> u64 {
-        let host = self.host();
         let seed = key_seed();
         let hash = xxhash_rust::xxh3::xxh3_64_with_seed;
-        let v4 = |ip: Ipv4Addr| {
-            let [a, b, c, _] = ip.octets();
-            hash(&[4, a, b, c], seed)
-        };
-        if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-            return match v6.parse::<Ipv6Addr>() {
-                Ok(ip) => match ip.to_ipv4_mapped() {
-                    Some(mapped) => v4(mapped),
-                    None => {
-                        let mut prefix = [6u8; 9];
-                        prefix[1..].copy_from_slice(&ip.octets()[..8]);
-                        hash(&prefix, seed)
-                    }
-                },
-                Err(_) => hash(host.as_bytes(), seed),
-            };
+        match Site::of_host(self.host()) {
+            Site::V4([a, b, c]) => hash(&[4, a, b, c], seed),
+            Site::V6(prefix) => {
+                let mut bytes = [6u8; 9];
+                for (i, segment) in prefix.iter().enumerate() {
+                    bytes[1 + 2 * i..3 + 2 * i].copy_from_slice(&segment.to_be_bytes());
+                }
+                hash(&bytes, seed)
+            }
+            Site::Name(domain) => hash(domain.as_bytes(), seed),
         }
-        if let Ok(ip) = host.parse::<Ipv4Addr>() {
-            return v4(ip);
+    }
+}
+
+/// Who answers for a destination: an IPv4 /24, an IPv6 /64, or a registered name's
+/// registrable domain (public suffix list). Host names and IPv6 forms carrying an IPv4
+/// address (IPv4-mapped, NAT64) are judged by what they reach, so minting them buys nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site<'a> {
+    V4([u8; 3]),
+    V6([u16; 4]),
+    Name(&'a str),
+}
+
+impl<'a> Site<'a> {
+    /// The prefix `ip` belongs to.
+    pub fn of_ip(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => {
+                let [a, b, c, _] = v4.octets();
+                Site::V4([a, b, c])
+            }
+            IpAddr::V6(v6) => match v6.segments() {
+                [0, 0, 0, 0, 0, 0xffff, hi, lo] | [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => {
+                    Self::of_ip(IpAddr::V4(Ipv4Addr::from(
+                        u32::from(hi) << 16 | u32::from(lo),
+                    )))
+                }
+                [a, b, c, d, ..] => Site::V6([a, b, c, d]),
+            },
+        }
+    }
+
+    /// The site of a host as a normalized endpoint holds it (lower case, IPv6 in brackets).
+    pub fn of_host(host: &'a str) -> Self {
+        let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+        if let Ok(ip) = bare.unwrap_or(host).parse::<IpAddr>() {
+            return Self::of_ip(ip);
         }
         let name = host.trim_end_matches('.');
-        let domain = psl::domain(name.as_bytes()).map_or(name.as_bytes(), |d| d.as_bytes());
-        hash(domain, seed)
+        Site::Name(psl::domain_str(name).unwrap_or(name))
     }
 }
 

@@ -315,17 +315,13 @@ pub fn settings_fingerprint(config: &crate::config::Config) -> String {
 }
 
 /// Compares this instance's settings with the fleet's; true (and says why) when they
-/// differ, or when Redis cannot tell (then the next renewal decides).
+/// differ. When Redis cannot tell, false: the next renewal decides.
 pub async fn check_settings(config: &crate::config::Config, store: &Store) -> bool {
     let ours = settings_fingerprint(config);
     match store.announce(&ours, SETTINGS_TTL).await {
         Ok(None) => false,
         Ok(Some(theirs)) => {
-            log::error!(
-                "the fleet under --redis-prefix {} runs with {theirs}, this instance with {ours}: \
-                 not ready, counting nothing (a change of these settings takes a new --redis-prefix)",
-                config.redis_prefix
-            );
+            say_settings_differ(config, &ours, &theirs);
             true
         }
         Err(e) => {
@@ -335,23 +331,34 @@ pub async fn check_settings(config: &crate::config::Config, store: &Store) -> bo
     }
 }
 
+fn say_settings_differ(config: &crate::config::Config, ours: &str, theirs: &str) {
+    log::error!(
+        "the fleet under --redis-prefix {} runs with {theirs}, this instance with {ours}: \
+         not ready, counting nothing (a change of these settings takes a new --redis-prefix)",
+        config.redis_prefix
+    );
+}
+
 /// Renews the announcement every third of its lifetime, following the fleet: an instance
 /// whose settings differ from the fleet's stays unready until the fleet's announcement lapses.
 pub async fn announce_settings(shared: Arc<Shared>) {
     let Some(store) = shared.store.as_ref() else {
         return;
     };
+    let ours = settings_fingerprint(&shared.settings);
     loop {
         tokio::time::sleep(SETTINGS_TTL / 3).await;
-        let ours = settings_fingerprint(&shared.settings);
         match store.announce(&ours, SETTINGS_TTL).await {
             Ok(theirs) => {
-                let differ = theirs.is_some();
-                let was = shared.settings_differ.swap(differ, Ordering::AcqRel);
-                if differ && !was {
-                    check_settings(&shared.settings, store).await;
-                } else if was && !differ {
-                    log::info!("the fleet's settings match this instance's now: ready");
+                let was = shared
+                    .settings_differ
+                    .swap(theirs.is_some(), Ordering::AcqRel);
+                match theirs {
+                    Some(theirs) if !was => say_settings_differ(&shared.settings, &ours, &theirs),
+                    None if was => {
+                        log::info!("the fleet's settings match this instance's now: ready");
+                    }
+                    _ => {}
                 }
             }
             Err(e) => log::debug!("renewing this instance's settings failed: {e}"),
