@@ -66,10 +66,24 @@ impl Verve {
     }
 
     fn spawn(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Self {
+        Self::spawn_on("127.0.0.1:0", args, env, stderr)
+    }
+
+    /// Like [`Verve::start_with_stderr`], listening on `listen` (a fixed port, so that a
+    /// load balancer finds a restarted instance where the killed one was).
+    pub fn start_on(listen: &str, args: &[&str], env: &[(&str, &str)], stderr: &Path) -> Self {
+        let file = std::fs::File::create(stderr).expect("create the stderr file");
+        Self::spawn_on(listen, args, env, Stdio::from(file))
+    }
+
+    fn spawn_on(listen: &str, args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Self {
         let dir = TempDir::new("verve");
         let log = dir.0.join("requests.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_verve"))
-            .args(["--listen", "127.0.0.1:0", "--log-file"])
+        // VERVE_BIN runs another build (an older commit's) under the same harness.
+        let bin = std::env::var_os("VERVE_BIN")
+            .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_verve")), PathBuf::from);
+        let mut child = Command::new(bin)
+            .args(["--listen", listen, "--log-file"])
             .arg(&log)
             .args(args)
             .env("RUST_LOG", "warn")
@@ -1005,15 +1019,20 @@ pub fn line_ms(line: &Line) -> i64 {
 
 /// A TCP relay on loopback that holds every client→server byte for `delay_ms` (order kept,
 /// per connection) and passes answers back at once: a distant instance's link to Redis.
+/// The delay can be changed while it runs ([`DelayLink::set_delay`]: a spike).
 pub struct DelayLink {
     pub port: u16,
+    delay: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl DelayLink {
     pub fn start(upstream: u16, delay_ms: u64) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind delay link");
         let port = listener.local_addr().unwrap().port();
+        let delay = Arc::new(std::sync::atomic::AtomicU64::new(delay_ms));
+        let shared = Arc::clone(&delay);
         thread::spawn(move || {
+            let delay = shared;
             for client in listener.incoming().flatten() {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
                     continue;
@@ -1023,13 +1042,15 @@ impl DelayLink {
                     (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let (mut from_server, mut to_client) = (server, client);
                 let (chunks, due) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+                let delay = Arc::clone(&delay);
                 thread::spawn(move || {
                     let mut buf = [0u8; 16 * 1024];
                     while let Ok(n) = from_client.read(&mut buf) {
                         if n == 0 {
                             break;
                         }
-                        let at = Instant::now() + Duration::from_millis(delay_ms);
+                        let ms = delay.load(Ordering::Relaxed);
+                        let at = Instant::now() + Duration::from_millis(ms);
                         if chunks.send((at, buf[..n].to_vec())).is_err() {
                             break;
                         }
@@ -1050,7 +1071,13 @@ impl DelayLink {
                 });
             }
         });
-        Self { port }
+        Self { port, delay }
+    }
+
+    /// Holds the bytes read from now on for `delay_ms` (those already held keep their time;
+    /// order is kept either way).
+    pub fn set_delay(&self, delay_ms: u64) {
+        self.delay.store(delay_ms, Ordering::Relaxed);
     }
 
     pub fn url(&self) -> String {
