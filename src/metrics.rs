@@ -151,7 +151,8 @@ pub struct Metrics {
     pub callbacks_dropped_queue: AtomicU64,
     /// Deliveries given up because their window's delivery deadline passed.
     pub callbacks_expired: AtomicU64,
-    /// Endpoints refused because a window already had the maximum.
+    /// Endpoints refused because a window already had the maximum (in fleet mode: here, or
+    /// fleet-wide at registration).
     pub endpoints_dropped: AtomicU64,
     /// Requests shed with 503 because `--max-inflight` requests were waiting for the store.
     pub shed: AtomicU64,
@@ -168,7 +169,8 @@ pub struct Metrics {
     pub leader_elections: AtomicU64,
     /// Fleet mode: windows whose ids this instance re-added to the store.
     pub resyncs: AtomicU64,
-    /// Endpoints refused because their domain (or address prefix) held the maximum already.
+    /// Endpoints refused because their domain (or address prefix) held the maximum already
+    /// (in fleet mode: here, or fleet-wide at registration).
     pub endpoints_dropped_domain: AtomicU64,
     /// Unix time (seconds) the last window line was written; 0 before the first.
     pub last_window_reported_at: AtomicU64,

@@ -55,6 +55,54 @@ pub fn ids_key(prefix: &str, window_start: i64, shard: u32) -> String {
     format!("{prefix}:{{{window_start}:{shard}}}:ids")
 }
 
+/// Registers an endpoint for a window within the fleet's bounds, atomically, so the first
+/// endpoints registered anywhere in the fleet are the ones kept (SPEC §6.1 I-endpoint).
+/// KEYS[1]: the window's endpoint set; KEYS[2]: its endpoints per domain (a hash keyed by
+/// the endpoint's [`Site`] as text), both under the window's hash tag (one cluster slot).
+/// ARGV: the normalized endpoint, its site, the most endpoints per window, the most per
+/// domain, the keys' expiry (epoch seconds). Answers 0 registered (or already), 1 the window
+/// is full, 2 the domain is. Every outcome re-applies the expiry (absolute, so repeating it
+/// is harmless) to both keys: `EXPIREAT` of a missing key creates nothing, and a key is
+/// created only in the same script as its expiry.
+///
+/// [`Site`]: crate::http::query::Site
+const ADD_ENDPOINT: &str = r"
+local at = tonumber(ARGV[5])
+local outcome = 0
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then
+  if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+    outcome = 1
+  elseif tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') >= tonumber(ARGV[4]) then
+    outcome = 2
+  else
+    redis.call('SADD', KEYS[1], ARGV[1])
+    redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+  end
+end
+redis.call('EXPIREAT', KEYS[1], at)
+redis.call('EXPIREAT', KEYS[2], at)
+return outcome
+";
+
+/// The bounds on a window's endpoints, fleet-wide: `--callback-max-endpoints` and
+/// `--callback-max-per-domain`.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointCaps {
+    pub per_window: u32,
+    pub per_domain: u32,
+}
+
+/// What the fleet made of an endpoint offered for a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndpointAdd {
+    /// Redis holds it (now, or already).
+    Registered,
+    /// The window holds the most endpoints already, fleet-wide.
+    WindowFull,
+    /// Its domain (or address prefix) holds the most already, fleet-wide.
+    DomainFull,
+}
+
 /// Why a store call did not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -282,34 +330,54 @@ impl Store {
         Ok(())
     }
 
-    /// Registers a callback endpoint for the window, fleet-wide.
+    /// Registers a callback endpoint for the window, fleet-wide and within `caps` (one
+    /// script, `ADD_ENDPOINT`: the first registered wins). `site` is the endpoint's [`Site`]
+    /// as text, the same on every instance (its domain key is seeded per process).
+    ///
+    /// [`Site`]: crate::http::query::Site
     pub async fn add_endpoint(
         &self,
         window_start: i64,
         endpoint: &str,
+        site: &str,
+        caps: EndpointCaps,
         expire_at: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<EndpointAdd, StoreError> {
         self.check()?;
-        let key = self.window_key(window_start, "endpoints");
-        // The expiry goes with every add (it is absolute, so repeating it is harmless): an
-        // add that succeeded while its EXPIREAT failed would otherwise leave a key that
-        // never expires, since a retry's SADD adds nothing.
-        let pipeline = self.client.pipeline();
-        let _: () = pipeline.sadd(&key, endpoint).await?;
-        let _: () = pipeline.expire_at(&key, expire_at, None).await?;
-        let _: Vec<Value> = pipeline.all().await?;
-        Ok(())
+        let keys = vec![
+            self.window_key(window_start, "endpoints"),
+            self.window_key(window_start, "domains"),
+        ];
+        let args = vec![
+            Value::from(endpoint),
+            Value::from(site),
+            Value::from(i64::from(caps.per_window)),
+            Value::from(i64::from(caps.per_domain)),
+            Value::from(expire_at),
+        ];
+        let outcome: i64 = self.client.eval(ADD_ENDPOINT, keys, args).await?;
+        match outcome {
+            0 => Ok(EndpointAdd::Registered),
+            1 => Ok(EndpointAdd::WindowFull),
+            2 => Ok(EndpointAdd::DomainFull),
+            other => Err(StoreError::Redis(format!(
+                "registering an endpoint answered {other}"
+            ))),
+        }
     }
 
-    /// Re-adds ids (and endpoints) this instance answered for a window, in batches, and sets
-    /// the keys' expiry: after Redis lost them in a restart, or while it was unreachable.
+    /// Re-adds ids (and endpoints, each with its site) this instance answered for a window,
+    /// in batches, and sets the keys' expiry: after Redis lost them in a restart, or while it
+    /// was unreachable. Endpoints go through the same bounds as at registration; the number
+    /// refused (others took their places first) is returned.
     pub async fn readd(
         &self,
         window_start: i64,
         ids: &[i64],
-        endpoints: &[Box<str>],
+        endpoints: &[(Box<str>, String)],
+        caps: EndpointCaps,
         expire_at: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
         self.check()?;
         let mut by_shard: Vec<Vec<i64>> = vec![Vec::new(); self.shards as usize];
         for &id in ids {
@@ -327,10 +395,16 @@ impl Store {
             }
         }
         try_join_all(calls).await?;
-        for endpoint in endpoints {
-            self.add_endpoint(window_start, endpoint, expire_at).await?;
+        let mut refused = 0;
+        for (endpoint, site) in endpoints {
+            let added = self
+                .add_endpoint(window_start, endpoint, site, caps, expire_at)
+                .await?;
+            if added != EndpointAdd::Registered {
+                refused += 1;
+            }
         }
-        Ok(())
+        Ok(refused)
     }
 
     /// Whether any of the listed shard sets of the window is missing (Redis lost it).
@@ -424,8 +498,9 @@ impl Store {
     }
 
     /// Re-applies the window's expiry to the shard keys this instance wrote and to its
-    /// endpoint set, off the request path (at the window's close): absolute and idempotent,
-    /// so a first `EXPIREAT` that failed is made good and none is ever the only one.
+    /// endpoint set and per-domain counts, off the request path (at the window's close):
+    /// absolute and idempotent, so a first `EXPIREAT` that failed is made good and none is
+    /// ever the only one.
     pub async fn expire_window(
         &self,
         window_start: i64,
@@ -436,7 +511,7 @@ impl Store {
         let keys = shards
             .iter()
             .map(|&s| self.ids_key(window_start, s))
-            .chain(std::iter::once(self.window_key(window_start, "endpoints")));
+            .chain(["endpoints", "domains"].map(|what| self.window_key(window_start, what)));
         let calls = keys.map(|key| async move {
             let _: i64 = self.client.expire_at(key, expire_at, None).await?;
             Ok::<_, fred::error::Error>(())

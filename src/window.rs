@@ -113,6 +113,14 @@ pub struct Window {
     endpoints_overflowed: AtomicBool,
     /// Set by the first endpoint refused because its domain was full, likewise.
     domain_overflowed: AtomicBool,
+    /// Fleet mode: Redis refused an endpoint because the window is full fleet-wide. It stays
+    /// full (the fleet's set only grows), so further new endpoints are refused here, without
+    /// a store call each.
+    fleet_full: AtomicBool,
+    /// Fleet mode: domains Redis refused an endpoint for, full fleet-wide; likewise refused
+    /// here from then on. Capped at `max_endpoints` entries (a fleet running these bounds
+    /// cannot fill more domains than it has slots), so it stays bounded too.
+    full_domains: DashMap<u64, (), Xxh3Seeded>,
     /// Requests admitted to this window and not yet finished.
     inflight: AtomicUsize,
     /// Fleet mode: ids whose `SADD` is in flight, so concurrent requests share one and its
@@ -153,7 +161,7 @@ struct Registration {
     domain: u64,
     /// Fleet mode: `None` once Redis holds it; until then the outcome of the registration in
     /// flight, which every request naming the endpoint waits for.
-    pending: Option<watch::Receiver<Option<bool>>>,
+    pending: Option<watch::Receiver<Option<Verdict>>>,
 }
 
 impl Registration {
@@ -161,7 +169,7 @@ impl Registration {
     fn claim<'w>(&self) -> Claim<'w> {
         match &self.pending {
             None => Claim::Settled(Registered::Known),
-            Some(pending) => Claim::Wait(Shared(pending.clone())),
+            Some(pending) => Claim::Wait(Pending(pending.clone())),
         }
     }
 }
@@ -169,13 +177,46 @@ impl Registration {
 /// An endpoint offered to a window in fleet mode, where it counts as known only once Redis
 /// holds it.
 pub enum Claim<'w> {
-    /// Redis holds it already (or the window is full: see [`Registered`]).
+    /// Redis holds it already (or a bound refuses it: see [`Registered`]).
     Settled(Registered),
     /// Another request is registering it: the outcome, shared.
-    Wait(Shared),
-    /// This request registers it: report the outcome with [`Lead::confirm`]; dropping the
-    /// lead unregisters it and fails every waiter.
+    Wait(Pending),
+    /// This request registers it: report the outcome with [`Lead::confirm`] or
+    /// [`Lead::refuse`]; dropping the lead unregisters it and fails every waiter.
     Lead(Lead<'w>),
+}
+
+/// How a fleet-wide endpoint registration ended, for every request that named it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Redis holds the endpoint.
+    Registered,
+    /// A fleet-wide bound refused it: not registered, and the ids still count.
+    Refused(Bound),
+    /// Unknown (the store failed, or answered after the cutoff): the requests get 503.
+    Failed,
+}
+
+/// The bound that refused an endpoint fleet-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// `--callback-max-endpoints` per window.
+    Window,
+    /// `--callback-max-per-domain` per domain or address prefix.
+    Domain,
+}
+
+/// The outcome of an endpoint registration another request leads, shared with it.
+pub struct Pending(watch::Receiver<Option<Verdict>>);
+
+impl Pending {
+    /// The registration's verdict once it is known; `Failed` if it was abandoned.
+    pub async fn verdict(mut self) -> Verdict {
+        match self.0.wait_for(Option::is_some).await {
+            Ok(done) => done.unwrap_or(Verdict::Failed),
+            Err(_) => Verdict::Failed,
+        }
+    }
 }
 
 /// The outcome of a store call another request is making, shared with it.
@@ -192,8 +233,9 @@ impl Shared {
 pub struct Lead<'w> {
     window: &'w Window,
     key: u128,
-    /// The registration's outcome, for its sharers; `Some(true)` once confirmed.
-    outcome: watch::Sender<Option<bool>>,
+    domain: u64,
+    /// The registration's outcome, for its sharers; `None` until it is known.
+    outcome: watch::Sender<Option<Verdict>>,
 }
 
 impl Lead<'_> {
@@ -202,18 +244,43 @@ impl Lead<'_> {
         if let Some(mut registration) = self.window.endpoints.get_mut(&self.key) {
             registration.pending = None;
         }
-        self.outcome.send_replace(Some(true));
+        self.outcome.send_replace(Some(Verdict::Registered));
     }
-}
 
-impl Drop for Lead<'_> {
-    fn drop(&mut self) {
-        if *self.outcome.borrow() == Some(true) {
-            return; // confirmed
-        }
-        // Its slots are given back while its entry is still held: a request claiming the
-        // endpoint meanwhile finds either the registration or its slots free, never a full
-        // window for want of the slot this one is about to give back.
+    /// A fleet-wide bound refused the endpoint: it is not registered here either (its slots
+    /// are given back, so refused endpoints never hold any), its sharers are told, and the
+    /// window refuses further endpoints over that bound without asking Redis. What to count
+    /// and log for this request.
+    pub fn refuse(self, bound: Bound) -> Registered {
+        let window = self.window;
+        // Marked before the registration goes: a request claiming the endpoint after it
+        // finds the bound, not a free slot to ask Redis with again.
+        let refused = match bound {
+            Bound::Window => {
+                window.fleet_full.store(true, Ordering::Release);
+                Registered::Full {
+                    first: !window.endpoints_overflowed.swap(true, Ordering::AcqRel),
+                }
+            }
+            Bound::Domain => {
+                if window.full_domains.len() < window.max_endpoints {
+                    window.full_domains.insert(self.domain, ());
+                }
+                Registered::DomainFull {
+                    first: !window.domain_overflowed.swap(true, Ordering::AcqRel),
+                }
+            }
+        };
+        self.unregister();
+        self.outcome.send_replace(Some(Verdict::Refused(bound)));
+        refused
+    }
+
+    /// Removes the registration this lead made, giving its slots back (if it is still the
+    /// one there). The slots go while its entry is still held: a request claiming the
+    /// endpoint meanwhile finds either the registration or its slots free, never a full
+    /// window for want of the slot this one is about to give back.
+    fn unregister(&self) {
         if let dashmap::Entry::Occupied(entry) = self.window.endpoints.entry(self.key) {
             let ours = entry
                 .get()
@@ -225,7 +292,16 @@ impl Drop for Lead<'_> {
                 entry.remove();
             }
         }
-        self.outcome.send_replace(Some(false));
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        if self.outcome.borrow().is_some() {
+            return; // confirmed or refused
+        }
+        self.unregister();
+        self.outcome.send_replace(Some(Verdict::Failed));
     }
 }
 
@@ -271,6 +347,8 @@ impl Window {
             max_per_domain,
             endpoints_overflowed: AtomicBool::new(false),
             domain_overflowed: AtomicBool::new(false),
+            fleet_full: AtomicBool::new(false),
+            full_domains: DashMap::with_hasher_and_shard_amount(hasher, 2),
             inflight: AtomicUsize::new(0),
             pending: DashMap::with_hasher_and_shard_amount(hasher, SHARDS),
             touched: (0..store_shards).map(|_| AtomicBool::new(false)).collect(),
@@ -318,6 +396,7 @@ impl Window {
             Ok(()) => Claim::Lead(Lead {
                 window: self,
                 key: endpoint.key(),
+                domain: endpoint.domain_key(),
                 outcome,
             }),
             Err(settled) => settled,
@@ -325,24 +404,29 @@ impl Window {
     }
 
     /// Adds the endpoint unless it is there (then its registration's state decides) or a
-    /// bound refuses it. Decided under the endpoint's map entry, so that two requests for one
-    /// endpoint never both take a slot, and one finds the other's registration as it stands.
+    /// bound refuses it (this instance's, or one the fleet was found at). Decided under the
+    /// endpoint's map entry, so that two requests for one endpoint never both take a slot,
+    /// and one finds the other's registration as it stands.
     fn register(
         &self,
         endpoint: &Endpoint<'_>,
-        pending: Option<watch::Receiver<Option<bool>>>,
+        pending: Option<watch::Receiver<Option<Verdict>>>,
     ) -> Result<(), Claim<'_>> {
         let vacant = match self.endpoints.entry(endpoint.key()) {
             dashmap::Entry::Occupied(occupied) => return Err(occupied.get().claim()),
             dashmap::Entry::Vacant(vacant) => vacant,
         };
-        if self.endpoint_slots.fetch_add(1, Ordering::AcqRel) >= self.max_endpoints {
-            self.endpoint_slots.fetch_sub(1, Ordering::AcqRel);
+        if self.fleet_full.load(Ordering::Acquire) || !self.take_slot() {
             let first = !self.endpoints_overflowed.swap(true, Ordering::AcqRel);
             return Err(Claim::Settled(Registered::Full { first }));
         }
         // Lock order: an endpoint's entry, then the domain counts (as in `release`'s callers).
         let domain = endpoint.domain_key();
+        if self.full_domains.contains_key(&domain) {
+            self.endpoint_slots.fetch_sub(1, Ordering::AcqRel);
+            let first = !self.domain_overflowed.swap(true, Ordering::AcqRel);
+            return Err(Claim::Settled(Registered::DomainFull { first }));
+        }
         {
             let mut taken = self.domains.entry(domain).or_insert(0);
             if *taken >= self.max_per_domain {
@@ -360,6 +444,15 @@ impl Window {
             pending,
         });
         Ok(())
+    }
+
+    /// Takes an endpoint slot, if one is free.
+    fn take_slot(&self) -> bool {
+        if self.endpoint_slots.fetch_add(1, Ordering::AcqRel) >= self.max_endpoints {
+            self.endpoint_slots.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
     }
 
     /// Gives back an endpoint slot and its domain's.
@@ -446,10 +539,12 @@ impl Window {
             .collect()
     }
 
-    /// The endpoints registered in this window, normalized.
+    /// The endpoints registered in this window, normalized (in fleet mode: those Redis
+    /// holds, not those whose registration is still in flight).
     pub fn endpoints(&self) -> Vec<Box<str>> {
         self.endpoints
             .iter()
+            .filter(|e| e.value().pending.is_none())
             .map(|e| e.value().url.clone())
             .collect()
     }
@@ -1019,14 +1114,118 @@ mod fleet_tests {
         let Claim::Wait(shared) = window.claim_endpoint(&e) else {
             panic!("second claim waits");
         };
-        let waiter = tokio::spawn(shared.succeeded());
+        let waiter = tokio::spawn(shared.verdict());
         lead.confirm();
-        assert!(waiter.await.unwrap());
+        assert_eq!(waiter.await.unwrap(), Verdict::Registered);
         assert!(window.has_endpoint(&e));
         assert!(matches!(
             window.claim_endpoint(&e),
             Claim::Settled(Registered::Known)
         ));
+    }
+
+    /// Leads `url`'s registration in `window`, or panics.
+    fn lead<'w>(window: &'w Window, url: &str) -> Lead<'w> {
+        let mut buf = EndpointBuf::new();
+        match window.claim_endpoint(&Endpoint::parse(url, &mut buf).unwrap()) {
+            Claim::Lead(lead) => lead,
+            _ => panic!("{url}: expected to lead its registration"),
+        }
+    }
+
+    /// Claims `url` in `window`: what is settled at once, `None` if it leads or waits.
+    fn settled(window: &Window, url: &str) -> Option<Registered> {
+        let mut buf = EndpointBuf::new();
+        match window.claim_endpoint(&Endpoint::parse(url, &mut buf).unwrap()) {
+            Claim::Settled(settled) => Some(settled),
+            _ => None,
+        }
+    }
+
+    /// An endpoint the fleet refuses (its window full elsewhere) holds no slot here, its
+    /// sharers are told it was refused, not failed, and further new endpoints are refused
+    /// without asking Redis again; the endpoints Redis holds stay known.
+    #[tokio::test]
+    async fn a_window_full_fleet_wide_refuses_without_holding_slots() {
+        let windows = Windows::new(0, 60, (3, 3), 4);
+        let window = Arc::clone(&windows.open()[0]);
+        lead(&window, "http://a.example/").confirm();
+        let refused = lead(&window, "http://b.example/");
+        let mut buf = EndpointBuf::new();
+        let b = Endpoint::parse("http://b.example/", &mut buf).unwrap();
+        let Claim::Wait(sharer) = window.claim_endpoint(&b) else {
+            panic!("a second claim of b waits for the first");
+        };
+        assert_eq!(window.endpoint_slots.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            refused.refuse(Bound::Window),
+            Registered::Full { first: true }
+        );
+        assert_eq!(sharer.verdict().await, Verdict::Refused(Bound::Window));
+        assert_eq!(
+            window.endpoint_slots.load(Ordering::Relaxed),
+            1,
+            "b holds none"
+        );
+        assert_eq!(window.domains.len(), 1, "only a's domain");
+        assert!(!window.has_endpoint(&b));
+        assert_eq!(
+            settled(&window, "http://b.example/"),
+            Some(Registered::Full { first: false })
+        );
+        assert_eq!(
+            settled(&window, "http://c.other.example/"),
+            Some(Registered::Full { first: false }),
+            "the fleet's window stays full"
+        );
+        assert_eq!(
+            settled(&window, "http://a.example/"),
+            Some(Registered::Known)
+        );
+        assert_eq!(
+            window.endpoints(),
+            vec![Box::<str>::from("http://a.example/")]
+        );
+    }
+
+    /// A domain full fleet-wide: its endpoints are refused from then on, without a slot or
+    /// a store call; other domains still lead their registrations.
+    #[test]
+    fn a_domain_full_fleet_wide_refuses_its_endpoints_only() {
+        let windows = Windows::new(0, 60, (10, 2), 4);
+        let window = Arc::clone(&windows.open()[0]);
+        assert_eq!(
+            lead(&window, "http://x.evil.example/").refuse(Bound::Domain),
+            Registered::DomainFull { first: true }
+        );
+        assert_eq!(window.endpoint_slots.load(Ordering::Relaxed), 0);
+        assert_eq!(window.domains.len(), 0);
+        assert_eq!(
+            settled(&window, "http://y.evil.example/"),
+            Some(Registered::DomainFull { first: false })
+        );
+        assert_eq!(window.endpoint_slots.load(Ordering::Relaxed), 0);
+        // A failed registration is not a refusal: the next request asks Redis again.
+        drop(lead(&window, "http://good.example/"));
+        lead(&window, "http://good.example/").confirm();
+        assert!(window.endpoints().len() == 1);
+    }
+
+    /// A registration whose lead is dropped (the store failed) fails its sharers.
+    #[tokio::test]
+    async fn a_dropped_lead_fails_its_sharers() {
+        let windows = Windows::new(0, 60, (10, 10), 4);
+        let window = Arc::clone(&windows.open()[0]);
+        let first = lead(&window, "http://hooks.example/x");
+        let mut buf = EndpointBuf::new();
+        let e = Endpoint::parse("http://hooks.example/x", &mut buf).unwrap();
+        let Claim::Wait(sharer) = window.claim_endpoint(&e) else {
+            panic!("second claim waits");
+        };
+        drop(first);
+        assert_eq!(sharer.verdict().await, Verdict::Failed);
+        assert_eq!(window.endpoint_slots.load(Ordering::Relaxed), 0);
+        assert!(window.endpoints().is_empty());
     }
 
     #[test]

@@ -171,13 +171,15 @@ fn behind_nginx_three_instances_count_exactly() {
     }
 }
 
-/// A three-master Redis Cluster: exact counts, and a window's keys spread over the nodes.
+/// A three-master Redis Cluster: exact counts, and a window's keys spread over the nodes;
+/// an endpoint is registered there too (its script's two keys share the window's slot).
 #[test]
 fn redis_cluster_counts_exactly_and_spreads_windows() {
     let _serial = serial();
     let Some(cluster) = Cluster::start() else {
         return;
     };
+    let receiver = Receiver::start();
     let url = cluster.url();
     let a = Verve::start(&fleet_args(&url, &["--redis-cluster"]));
     let b = Verve::start(&fleet_args(
@@ -195,6 +197,11 @@ fn redis_cluster_counts_exactly_and_spreads_windows() {
             .chain(&to_b.join().unwrap())
             .all(|(_, s)| *s == 200)
     );
+    let hook = encode(&receiver.url("/cluster"));
+    for verve in [&a, &b] {
+        let reply = verve.get(&format!("/api/verve/accept?id=1&endpoint={hook}"));
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
     assert!(
         now_ms() < (window + SECS) * 1000,
         "the load spilled past its window"
@@ -202,6 +209,13 @@ fn redis_cluster_counts_exactly_and_spreads_windows() {
     for verve in [&a, &b] {
         assert_fleet_count(verve, window, 4000);
     }
+    let posted = wait_for(Duration::from_secs(10), || {
+        (!receiver.to("/cluster").is_empty()).then_some(())
+    });
+    assert!(
+        posted.is_some(),
+        "the endpoint registered on the cluster got no POST"
+    );
     let pattern = format!("verve:{{{window}:*");
     let holding = cluster
         .nodes

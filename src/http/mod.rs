@@ -26,8 +26,9 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::Shared;
 use crate::metrics::Outcome;
-use crate::report::fleet::expire_at;
-use crate::window::{Admission, Claim, Registered, Window};
+use crate::report::fleet::{endpoint_caps, expire_at};
+use crate::store::EndpointAdd;
+use crate::window::{Admission, Bound, Claim, Lead, Registered, Verdict, Window};
 use query::{Endpoint, EndpointBuf};
 
 /// The counted path.
@@ -466,7 +467,9 @@ fn note(shared: &Shared, window: &Window, registered: Registered) -> bool {
 
 /// Fleet mode: the store decides an id this instance has not seen in the window (one
 /// `SADD`, shared by concurrent requests for the same id) and registers a new endpoint
-/// fleet-wide. Any store failure answers 503: the outcome is unknown, a retry is safe.
+/// fleet-wide, within the fleet's bounds (an endpoint refused by one is not registered, and
+/// the request is still `ok`). Any store failure answers 503: the outcome is unknown, a
+/// retry is safe.
 /// `seen`: the id was in the window when the request arrived (only its endpoint is new).
 async fn accept_in_fleet(
     waiting: Waiting,
@@ -527,23 +530,48 @@ async fn decide_in_fleet(
         // It counts as known only once Redis holds it; concurrent requests naming it share
         // the one registration and its outcome. Normalized by this request already, it
         // parses again; a failure (a bug) is an unknown outcome, never an `ok` without it.
-        let Some(claim) = with_endpoint(&endpoint, |e| window.claim_endpoint(e)) else {
+        // The lead also takes the endpoint's site, which the fleet counts domains by.
+        let Some((claim, site)) = with_endpoint(&endpoint, |e| {
+            let claim = window.claim_endpoint(e);
+            let site = matches!(claim, Claim::Lead(_)).then(|| e.site().to_string());
+            (claim, site)
+        }) else {
             return answer(shared, Outcome::Unavailable);
         };
-        let registered = match claim {
+        // Registered or refused by a bound, the id counts: `ok`. Unknown: 503.
+        let settled = match claim {
             Claim::Settled(registered) => {
                 note(shared, window, registered);
                 true
             }
-            Claim::Wait(registration) => registration.succeeded().await,
+            Claim::Wait(registration) => match registration.verdict().await {
+                Verdict::Registered => true,
+                Verdict::Refused(bound) => {
+                    // The lead logged it; each request naming a refused endpoint counts.
+                    note(shared, window, refused_again(bound));
+                    true
+                }
+                Verdict::Failed => false,
+            },
             Claim::Lead(lead) => {
-                match Box::pin(store.add_endpoint(window.start, &endpoint, expiry)).await {
+                let site = site.unwrap_or_default();
+                let caps = endpoint_caps(shared);
+                let added =
+                    Box::pin(store.add_endpoint(window.start, &endpoint, &site, caps, expiry));
+                // Refused: not registered, counted, logged once per window; the id counts.
+                let refuse = |lead: Lead<'_>, bound| {
+                    note(shared, window, lead.refuse(bound));
+                    true
+                };
+                match added.await {
                     // Acknowledged after the cutoff: as good as failed for this window.
-                    Ok(()) if window.is_cut() => false,
-                    Ok(()) => {
+                    Ok(_) if window.is_cut() => false,
+                    Ok(EndpointAdd::Registered) => {
                         lead.confirm();
                         true
                     }
+                    Ok(EndpointAdd::WindowFull) => refuse(lead, Bound::Window),
+                    Ok(EndpointAdd::DomainFull) => refuse(lead, Bound::Domain),
                     Err(e) => {
                         log::debug!(
                             "registering an endpoint for window {} failed: {e}",
@@ -554,12 +582,21 @@ async fn decide_in_fleet(
                 }
             }
         };
-        if !registered {
+        if !settled {
             shared.metrics.store_call(Duration::ZERO, false);
             return answer(shared, Outcome::Unavailable);
         }
     }
     answer(shared, Outcome::Ok)
+}
+
+/// What a request naming an endpoint already refused by `bound` counts (the refusal was
+/// logged when it was first made).
+fn refused_again(bound: Bound) -> Registered {
+    match bound {
+        Bound::Window => Registered::Full { first: false },
+        Bound::Domain => Registered::DomainFull { first: false },
+    }
 }
 
 /// Runs `f` on a normalized endpoint held by a request's future (its buffer lives on the

@@ -267,12 +267,18 @@ impl<'b> Endpoint<'b> {
         self.key
     }
 
-    /// Who answers for the host ([`Site`]), as a seeded hash. Caps per domain use it,
-    /// without DNS: host names under one domain are free to mint.
+    /// Who answers for the host, judged without DNS.
+    pub fn site(&self) -> Site<'b> {
+        Site::of_host(self.host())
+    }
+
+    /// Who answers for the host ([`Site`]), as a seeded hash: the same only within this
+    /// process (the fleet's per-domain counts go by the site's text). Caps per domain use
+    /// it, without DNS: host names under one domain are free to mint.
     pub fn domain_key(&self) -> u64 {
         let seed = key_seed();
         let hash = xxhash_rust::xxh3::xxh3_64_with_seed;
-        match Site::of_host(self.host()) {
+        match self.site() {
             Site::V4([a, b, c]) => hash(&[4, a, b, c], seed),
             Site::V6(prefix) => {
                 let mut bytes = [6u8; 9];
@@ -294,6 +300,19 @@ pub enum Site<'a> {
     V4([u8; 3]),
     V6([u16; 4]),
     Name(&'a str),
+}
+
+/// The same text on every instance, so the fleet's per-domain counts agree: `127.0.0.0/24`,
+/// `2001:db8:1:2::/64` or the registrable domain (a host name holds no `/`, so the forms
+/// never meet).
+impl std::fmt::Display for Site<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Site::V4([a, b, c]) => write!(f, "{a}.{b}.{c}.0/24"),
+            Site::V6([a, b, c, d]) => write!(f, "{a:x}:{b:x}:{c:x}:{d:x}::/64"),
+            Site::Name(domain) => f.write_str(domain),
+        }
+    }
 }
 
 impl<'a> Site<'a> {
@@ -820,5 +839,19 @@ mod tests {
         for (a, b) in different {
             assert_ne!(key(a), key(b), "{a} and {b}");
         }
+        // The fleet counts by the site's text: it groups exactly as the key does.
+        let site = |url: &str| {
+            let mut buf = EndpointBuf::new();
+            Endpoint::parse(url, &mut buf).unwrap().site().to_string()
+        };
+        for (a, b) in same {
+            assert_eq!(site(a), site(b), "{a} and {b}");
+        }
+        for (a, b) in different {
+            assert_ne!(site(a), site(b), "{a} and {b}");
+        }
+        assert_eq!(site("http://[::ffff:127.0.0.9]:8/x"), "127.0.0.0/24");
+        assert_eq!(site("http://[2001:db8:1:2::1]/"), "2001:db8:1:2::/64");
+        assert_eq!(site("https://hooks.a.example.co.uk/"), "example.co.uk");
     }
 }

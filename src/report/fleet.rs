@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::{Partial, log_count, publish};
 use crate::Shared;
 use crate::http::query::{Endpoint, EndpointBuf};
-use crate::store::{Store, StoreError};
+use crate::store::{EndpointCaps, Store, StoreError};
 use crate::window::{Window, format_utc};
 
 /// How long a leader's lease lasts without renewal; a dead leader is replaced after this.
@@ -118,18 +118,31 @@ async fn fleet_count(shared: &Shared, store: &Store, window: &Window) -> Result<
     store.count(window.start).await
 }
 
-/// Re-adds a window's ids and endpoints to the store.
+/// Re-adds a window's ids and endpoints to the store, the endpoints within the bounds as at
+/// registration (so those registered first elsewhere keep their places).
 async fn resync(shared: &Shared, store: &Store, window: &Window) -> Result<(), StoreError> {
     let ids = window.ids();
-    let endpoints = window.endpoints();
+    let endpoints: Vec<(Box<str>, String)> = window
+        .endpoints()
+        .into_iter()
+        .filter_map(|url| {
+            let mut buf = EndpointBuf::new();
+            let site = Endpoint::parse_decoded(&url, &mut buf)
+                .ok()?
+                .site()
+                .to_string();
+            Some((url, site))
+        })
+        .collect();
     if ids.is_empty() && endpoints.is_empty() {
         return Ok(());
     }
-    store
+    let refused = store
         .readd(
             window.start,
             &ids,
             &endpoints,
+            endpoint_caps(shared),
             expire_at(shared, window.start),
         )
         .await?;
@@ -139,7 +152,22 @@ async fn resync(shared: &Shared, store: &Store, window: &Window) -> Result<(), S
         ids.len(),
         format_utc(window.start * 1000, false)
     );
+    if refused > 0 {
+        // Redis lost the window and others registered endpoints before these came back.
+        log::warn!(
+            "window {}: {refused} of this instance's endpoints no longer fit the fleet's bounds when re-added; they are not called",
+            format_utc(window.start * 1000, false)
+        );
+    }
     Ok(())
+}
+
+/// The bounds on a window's endpoints, as this instance applies them fleet-wide.
+pub fn endpoint_caps(shared: &Shared) -> EndpointCaps {
+    EndpointCaps {
+        per_window: shared.settings.callback_max_endpoints,
+        per_domain: shared.settings.callback_max_per_domain,
+    }
 }
 
 /// After the store reconnects (it may have restarted empty), re-adds the open windows' ids
@@ -263,7 +291,11 @@ async fn deliver(shared: Arc<Shared>, start: i64, count: u64) {
 
 /// The fleet's endpoints for one window within this instance's bounds: normalized (an
 /// instance of another version may have stored another spelling), each once, at most
-/// `--callback-max-per-domain` per domain and `--callback-max-endpoints` in all.
+/// `--callback-max-per-domain` per domain and `--callback-max-endpoints` in all. The bounds
+/// are enforced fleet-wide at registration (the store's script: the first registered win),
+/// so this changes nothing in a fleet of this version with one set of bounds; it stays as a
+/// defence against a set written otherwise (another version's plain `SADD`, or instances
+/// with larger bounds), and there it keeps an arbitrary subset.
 fn bounded(shared: &Shared, shown: &str, stored: Vec<String>) -> Vec<Box<str>> {
     let max = shared.settings.callback_max_endpoints as usize;
     let per_domain = shared.settings.callback_max_per_domain as usize;

@@ -1,0 +1,316 @@
+//! The endpoint bounds in fleet mode (SPEC §6.1 I-endpoint): enforced fleet-wide when an
+//! endpoint is registered, so the first endpoints registered anywhere in the fleet are the
+//! ones called; those beyond are refused, counted and logged, and their ids still count.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{Receiver, Redis, TempDir, Verve, encode, now_ms, sleep_into_next_window, wait_for};
+
+const WINDOW: &str = "4";
+const SECS: i64 = 4;
+
+/// Each test runs Redis and two instances: one at a time, so that on a small machine the
+/// registrations fit in their window.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// An instance of the fleet on `redis` calling loopback, with these endpoint bounds; its
+/// diagnostics go to `stderr`.
+fn instance(redis: &Redis, max: &str, per_domain: &str, stderr: &std::path::Path) -> Verve {
+    let url = redis.url();
+    Verve::start_with_stderr(
+        &[
+            "--redis-url",
+            &url,
+            "--window-secs",
+            WINDOW,
+            "--grace-ms",
+            "1000",
+            "--callback-allow",
+            "127.0.0.0/8",
+            "--callback-max-endpoints",
+            max,
+            "--callback-max-per-domain",
+            per_domain,
+        ],
+        &[],
+        stderr,
+    )
+}
+
+/// `id` with `endpoint` on `verve`: must be answered `ok` (the id counts either way).
+fn accept(verve: &Verve, id: i64, endpoint: &str) {
+    let reply = verve.get(&format!(
+        "/api/verve/accept?id={id}&endpoint={}",
+        encode(endpoint)
+    ));
+    assert_eq!(reply.status, 200, "id {id} with {endpoint}: {}", reply.body);
+}
+
+/// The paths that got POSTs, once the fleet's report of `window` is out (the leader is
+/// whichever instance won the lease) and a stray second POST would have shown.
+fn posted_paths(
+    receivers: &[&Receiver],
+    fleet: &[&Verve],
+    window: i64,
+    want: usize,
+) -> BTreeSet<String> {
+    for verve in fleet {
+        let line = verve.wait_window(window, Duration::from_secs(12));
+        assert_eq!(line.get("scope"), "fleet", "{}", line.raw);
+    }
+    let all = || -> Vec<String> {
+        receivers
+            .iter()
+            .flat_map(|r| r.received())
+            .filter(|r| r.method == "POST")
+            .map(|r| r.path)
+            .collect()
+    };
+    wait_for(Duration::from_secs(10), || {
+        (all().len() >= want).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let paths = all();
+    let distinct: BTreeSet<String> = paths.iter().cloned().collect();
+    assert_eq!(
+        distinct.len(),
+        paths.len(),
+        "one POST per endpoint: {paths:?}"
+    );
+    distinct
+}
+
+/// The window's endpoint set as Redis holds it.
+fn members(redis: &Redis, window: i64) -> BTreeSet<String> {
+    let key = format!("verve:{{{window}}}:endpoints");
+    redis
+        .cli(&["SMEMBERS", &key])
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Lines of a diagnostics file that contain `what`.
+fn warnings(stderr: &std::path::Path, what: &str) -> usize {
+    std::fs::read_to_string(stderr)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(what))
+        .count()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// Three endpoint slots per window, shared by two instances: B registers first, A fills the
+/// window, and the endpoints offered after that — on either instance, though neither holds
+/// three itself — are refused, counted and logged once, with their ids counted. Exactly the
+/// first three registered get POSTs (with the bounds applied per instance and again over
+/// the fleet's set at the end, an arbitrary three of five would).
+#[test]
+fn the_first_endpoints_registered_in_the_fleet_keep_the_window() {
+    let _serial = serial();
+    let Some(redis) = Redis::start() else { return };
+    let receiver = Receiver::start();
+    let dir = TempDir::new("caps");
+    let (log_a, log_b) = (dir.0.join("a.stderr"), dir.0.join("b.stderr"));
+    // One /24 for every endpoint: the per-domain bound is out of the way here.
+    let a = instance(&redis, "3", "100", &log_a);
+    let b = instance(&redis, "3", "100", &log_b);
+
+    let window = sleep_into_next_window(SECS, 100);
+    accept(&b, 1, &receiver.url("/w/b-first"));
+    accept(&a, 2, &receiver.url("/w/a-1"));
+    accept(&a, 3, &receiver.url("/w/a-2"));
+    let members_when_full = members(&redis, window);
+    accept(&b, 4, &receiver.url("/w/b-late"));
+    accept(&a, 5, &receiver.url("/w/a-3"));
+    let dropped_when_refused = (
+        a.metric("verve_endpoints_dropped_total"),
+        b.metric("verve_endpoints_dropped_total"),
+    );
+    let members_after = members(&redis, window);
+    // Again, and another one: refused without Redis (the fleet's window stays full).
+    accept(&b, 6, &receiver.url("/w/b-late"));
+    accept(&b, 7, &receiver.url("/w/b-other"));
+    let dropped_b = b.metric("verve_endpoints_dropped_total");
+    assert!(
+        now_ms() < (window + SECS) * 1000,
+        "the registrations spilled past their window"
+    );
+
+    let posted = posted_paths(&[&receiver], &[&a, &b], window, 3);
+    assert_eq!(
+        posted,
+        set(&["/w/a-1", "/w/a-2", "/w/b-first"]),
+        "the first three registered fleet-wide, and only they, get POSTs"
+    );
+    let stored: BTreeSet<String> = ["/w/b-first", "/w/a-1", "/w/a-2"]
+        .iter()
+        .map(|p| receiver.url(p))
+        .collect();
+    assert_eq!(members_when_full, stored);
+    assert_eq!(members_after, stored, "refused endpoints are not stored");
+    assert_eq!(
+        dropped_when_refused,
+        (1, 1),
+        "each instance counts the endpoint it refused for the fleet"
+    );
+    assert_eq!(
+        dropped_b, 3,
+        "every request naming a refused endpoint counts"
+    );
+    for verve in [&a, &b] {
+        let line = verve.wait_window(window, Duration::from_secs(1));
+        assert_eq!(
+            line.count(),
+            7,
+            "refused endpoints' ids count: {}",
+            line.raw
+        );
+    }
+    for log in [&log_a, &log_b] {
+        assert_eq!(
+            warnings(log, "endpoints already; further endpoints are dropped"),
+            1,
+            "logged once per window: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    let domains = redis.cli(&["HGETALL", &format!("verve:{{{window}}}:domains")]);
+    assert_eq!(
+        domains.split_whitespace().collect::<Vec<_>>(),
+        ["127.0.0.0/24", "3"]
+    );
+    for what in ["endpoints", "domains"] {
+        let ttl: i64 = redis
+            .cli(&["TTL", &format!("verve:{{{window}}}:{what}")])
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(ttl > 0, "{what} has no expiry ({ttl})");
+    }
+}
+
+/// Two endpoints per domain (here an IPv4 /24) per window, across two instances: A and B
+/// each register one in 127.0.0.0/24, then each is refused a second one there though
+/// neither holds two itself, while another /24 still gets its slot. Exactly the endpoints
+/// Redis took get POSTs.
+#[test]
+fn a_domain_full_on_one_instance_is_full_on_every_instance() {
+    let _serial = serial();
+    let Some(redis) = Redis::start() else { return };
+    let near = Receiver::start_on("127.0.0.1");
+    let far = Receiver::start_on("127.1.0.1");
+    let dir = TempDir::new("caps");
+    let (log_a, log_b) = (dir.0.join("a.stderr"), dir.0.join("b.stderr"));
+    let a = instance(&redis, "10", "2", &log_a);
+    let b = instance(&redis, "10", "2", &log_b);
+
+    let window = sleep_into_next_window(SECS, 100);
+    accept(&a, 1, &near.url("/d/a-1"));
+    accept(&b, 2, &near.url("/d/b-1"));
+    accept(&a, 3, &near.url("/d/a-2"));
+    accept(&b, 4, &far.url("/d/b-far"));
+    accept(&b, 5, &near.url("/d/b-2"));
+    let dropped = (
+        a.metric("verve_endpoints_dropped_domain_total"),
+        b.metric("verve_endpoints_dropped_domain_total"),
+    );
+    accept(&b, 6, &near.url("/d/b-3")); // refused without Redis: the domain stays full
+    let dropped_b = b.metric("verve_endpoints_dropped_domain_total");
+    assert!(
+        now_ms() < (window + SECS) * 1000,
+        "the registrations spilled past their window"
+    );
+
+    let posted = posted_paths(&[&near, &far], &[&a, &b], window, 3);
+    assert_eq!(
+        posted,
+        set(&["/d/a-1", "/d/b-1", "/d/b-far"]),
+        "the first two of the /24, and the other /24's, get POSTs"
+    );
+    assert_eq!(dropped, (1, 1), "each instance counts the one it refused");
+    assert_eq!(dropped_b, 2);
+    assert_eq!(
+        (
+            a.metric("verve_endpoints_dropped_total"),
+            b.metric("verve_endpoints_dropped_total")
+        ),
+        (0, 0),
+        "the window itself had room"
+    );
+    for log in [&log_a, &log_b] {
+        assert_eq!(
+            warnings(log, "its further endpoints are dropped"),
+            1,
+            "logged once per window: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+    let stored: BTreeSet<String> = [near.url("/d/a-1"), near.url("/d/b-1"), far.url("/d/b-far")]
+        .into_iter()
+        .collect();
+    assert_eq!(members(&redis, window), stored);
+    for verve in [&a, &b] {
+        let line = verve.wait_window(window, Duration::from_secs(1));
+        assert_eq!(
+            line.count(),
+            6,
+            "refused endpoints' ids count: {}",
+            line.raw
+        );
+    }
+}
+
+/// Redis restarted empty mid-window: each instance re-adds its endpoints through the same
+/// bounds, so the window's set and per-domain counts come back as they were (with their
+/// expiry), and the endpoints that were refused stay refused.
+#[test]
+fn re_added_endpoints_keep_to_the_bounds() {
+    let _serial = serial();
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let receiver = Receiver::start();
+    let dir = TempDir::new("caps");
+    let (log_a, log_b) = (dir.0.join("a.stderr"), dir.0.join("b.stderr"));
+    let a = instance(&redis, "2", "100", &log_a);
+    let b = instance(&redis, "2", "100", &log_b);
+
+    let window = sleep_into_next_window(SECS, 100);
+    accept(&a, 1, &receiver.url("/r/a-1"));
+    accept(&b, 2, &receiver.url("/r/b-1"));
+    accept(&b, 3, &receiver.url("/r/b-2"));
+    let stored: BTreeSet<String> = [receiver.url("/r/a-1"), receiver.url("/r/b-1")]
+        .into_iter()
+        .collect();
+    assert_eq!(members(&redis, window), stored);
+    redis.restart(); // empty (no persistence); the instances re-add at once
+
+    let posted = posted_paths(&[&receiver], &[&a, &b], window, 2);
+    assert_eq!(posted, set(&["/r/a-1", "/r/b-1"]));
+    for verve in [&a, &b] {
+        assert!(verve.metric("verve_resyncs_total") >= 1, "no re-add");
+    }
+    assert_eq!(members(&redis, window), stored, "both re-added");
+    let domains = redis.cli(&["HGETALL", &format!("verve:{{{window}}}:domains")]);
+    assert_eq!(
+        domains.split_whitespace().collect::<Vec<_>>(),
+        ["127.0.0.0/24", "2"]
+    );
+    let ttl: i64 = redis
+        .cli(&["TTL", &format!("verve:{{{window}}}:domains")])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(ttl > 0, "the re-added counts expire ({ttl})");
+}
