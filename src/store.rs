@@ -103,6 +103,17 @@ pub enum EndpointAdd {
     DomainFull,
 }
 
+/// The fleet's settings as [`Store::announce`] found them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Announced {
+    /// The same as this instance's (announced, or renewed, by it).
+    Ours,
+    /// Different: the fleet's.
+    Theirs(String),
+    /// None announced (and none claimed).
+    Absent,
+}
+
 /// Why a store call did not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -429,32 +440,41 @@ impl Store {
     }
 
     /// Announces this instance's settings that shape keys and windows (SPEC §6.2) under
-    /// `<prefix>:settings`, held `ttl` and renewed by every instance that agrees: `Ok(None)`
-    /// when the fleet's are the same (or this instance is the first), `Ok(Some(theirs))`
-    /// when they differ.
-    pub async fn announce(&self, ours: &str, ttl: Duration) -> Result<Option<String>, StoreError> {
+    /// `<prefix>:settings`, held `ttl` and renewed by every instance that agrees. With
+    /// `claim`, an absent announcement becomes ours (`SET NX`); without, it is only read (an
+    /// instance that differs from the fleet must not take the announcement over the moment
+    /// Redis loses it).
+    pub async fn announce(
+        &self,
+        ours: &str,
+        ttl: Duration,
+        claim: bool,
+    ) -> Result<Announced, StoreError> {
         self.check()?;
         let key = format!("{}:settings", self.prefix);
         let ms = ttl.as_millis().max(1) as i64;
-        let set: Option<String> = self
-            .client
-            .set(
-                &key,
-                ours,
-                Some(Expiration::PX(ms)),
-                Some(SetOptions::NX),
-                false,
-            )
-            .await?;
-        if set.is_some() {
-            return Ok(None);
+        if claim {
+            let set: Option<String> = self
+                .client
+                .set(
+                    &key,
+                    ours,
+                    Some(Expiration::PX(ms)),
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await?;
+            if set.is_some() {
+                return Ok(Announced::Ours);
+            }
         }
         let theirs: Option<String> = self.client.get(&key).await?;
         match theirs {
-            Some(theirs) if theirs != ours => Ok(Some(theirs)),
-            _ => {
+            None => Ok(Announced::Absent),
+            Some(theirs) if theirs != ours => Ok(Announced::Theirs(theirs)),
+            Some(_) => {
                 let _: i64 = self.client.pexpire(&key, ms, None).await?;
-                Ok(None)
+                Ok(Announced::Ours)
             }
         }
     }

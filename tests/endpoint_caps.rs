@@ -43,6 +43,29 @@ fn instance(redis: &Redis, max: &str, per_domain: &str, stderr: &std::path::Path
     )
 }
 
+/// Two instances on `redis` with the same endpoint bounds, their diagnostics in files.
+struct Pair {
+    a: Verve,
+    b: Verve,
+    log_a: std::path::PathBuf,
+    log_b: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl Pair {
+    fn start(redis: &Redis, max: &str, per_domain: &str) -> Self {
+        let dir = TempDir::new("caps");
+        let (log_a, log_b) = (dir.0.join("a.stderr"), dir.0.join("b.stderr"));
+        Self {
+            a: instance(redis, max, per_domain, &log_a),
+            b: instance(redis, max, per_domain, &log_b),
+            log_a,
+            log_b,
+            _dir: dir,
+        }
+    }
+}
+
 /// `id` with `endpoint` on `verve`: must be answered `ok` (the id counts either way).
 fn accept(verve: &Verve, id: i64, endpoint: &str) {
     let reply = verve.get(&format!(
@@ -120,11 +143,14 @@ fn the_first_endpoints_registered_in_the_fleet_keep_the_window() {
     let _serial = serial();
     let Some(redis) = Redis::start() else { return };
     let receiver = Receiver::start();
-    let dir = TempDir::new("caps");
-    let (log_a, log_b) = (dir.0.join("a.stderr"), dir.0.join("b.stderr"));
     // One /24 for every endpoint: the per-domain bound is out of the way here.
-    let a = instance(&redis, "3", "100", &log_a);
-    let b = instance(&redis, "3", "100", &log_b);
+    let Pair {
+        a,
+        b,
+        log_a,
+        log_b,
+        _dir,
+    } = Pair::start(&redis, "3", "100");
 
     let window = sleep_into_next_window(SECS, 100);
     accept(&b, 1, &receiver.url("/w/b-first"));
@@ -210,10 +236,13 @@ fn a_domain_full_on_one_instance_is_full_on_every_instance() {
     let Some(redis) = Redis::start() else { return };
     let near = Receiver::start_on("127.0.0.1");
     let far = Receiver::start_on("127.1.0.1");
-    let dir = TempDir::new("caps");
-    let (log_a, log_b) = (dir.0.join("a.stderr"), dir.0.join("b.stderr"));
-    let a = instance(&redis, "10", "2", &log_a);
-    let b = instance(&redis, "10", "2", &log_b);
+    let Pair {
+        a,
+        b,
+        log_a,
+        log_b,
+        _dir,
+    } = Pair::start(&redis, "10", "2");
 
     let window = sleep_into_next_window(SECS, 100);
     accept(&a, 1, &near.url("/d/a-1"));
@@ -281,10 +310,7 @@ fn re_added_endpoints_keep_to_the_bounds() {
         return;
     };
     let receiver = Receiver::start();
-    let dir = TempDir::new("caps");
-    let (log_a, log_b) = (dir.0.join("a.stderr"), dir.0.join("b.stderr"));
-    let a = instance(&redis, "2", "100", &log_a);
-    let b = instance(&redis, "2", "100", &log_b);
+    let Pair { a, b, _dir, .. } = Pair::start(&redis, "2", "100");
 
     let window = sleep_into_next_window(SECS, 100);
     accept(&a, 1, &receiver.url("/r/a-1"));

@@ -336,6 +336,18 @@ fn an_instance_with_other_settings_refuses_to_serve() {
         said.contains("window_secs=4 redis_shards=1") && said.contains("redis_shards=2"),
         "{said}"
     );
+    // What decides a count is the fleet's too (found by review): with two graces an `ok` can
+    // come after another instance read the count; with two endpoint bounds the leader drops
+    // endpoints registered under the other.
+    for (flag, value) in [
+        ("--grace-ms", "1200"),
+        ("--max-clock-skew-ms", "300"),
+        ("--callback-max-endpoints", "5"),
+        ("--callback-max-per-domain", "7"),
+    ] {
+        let other = Verve::start(&["--redis-url", &url, "--window-secs", "4", flag, value]);
+        assert_eq!(other.get("/readyz").status, 503, "{flag} {value} differs");
+    }
     let c = Verve::start(&[
         "--redis-url",
         &url,
@@ -349,6 +361,112 @@ fn an_instance_with_other_settings_refuses_to_serve() {
     assert_eq!(c.get("/readyz").status, 200);
     assert_eq!(c.get("/api/verve/accept?id=42").status, 200);
     assert_eq!(a.get("/api/verve/accept?id=42").status, 200);
+}
+
+/// An instance refused by the settings check stands outside the fleet: besides answering 503,
+/// it reads no count, takes no lease and POSTs nothing (found by review: B, with 2-second
+/// windows beside A's 4-second ones, read A's shard set half-filled, led, and POSTed 1 where
+/// the fleet's count was 2).
+#[test]
+fn an_instance_outside_the_fleet_reports_nothing_to_it() {
+    let Some(redis) = Redis::start() else { return };
+    let receiver = Receiver::start();
+    let url = redis.url();
+    let start = |secs: &str| {
+        Verve::start(&[
+            "--redis-url",
+            &url,
+            "--window-secs",
+            secs,
+            "--callback-allow",
+            "127.0.0.0/8",
+        ])
+    };
+    let (a, b) = (start("4"), start("2"));
+    assert_eq!(a.get("/readyz").status, 200, "A is the fleet");
+    assert_eq!(
+        b.get("/readyz").status,
+        503,
+        "B's settings differ: not ready"
+    );
+    let window = sleep_into_next_window(4, 100);
+    let hook = encode(&receiver.url("/hook"));
+    assert_eq!(
+        a.get(&format!("/api/verve/accept?id=1&endpoint={hook}"))
+            .status,
+        200
+    );
+    thread::sleep(Duration::from_millis(
+        ((window * 1000 + 3300) - common::now_ms()).max(0) as u64,
+    ));
+    assert_eq!(a.get("/api/verve/accept?id=2").status, 200);
+    let line = a.wait_window(window, Duration::from_secs(12));
+    assert_eq!(
+        (line.get("scope"), line.count()),
+        ("fleet", 2),
+        "{}",
+        line.raw
+    );
+    wait_for(Duration::from_secs(6), || {
+        (!receiver.to("/hook").is_empty()).then_some(())
+    });
+    thread::sleep(Duration::from_secs(2)); // any second POST
+    let bodies: Vec<String> = receiver.to("/hook").into_iter().map(|r| r.body).collect();
+    assert!(
+        bodies.len() == 1 && bodies[0].contains(r#""unique_requests":2"#),
+        "one POST with the fleet's count: {bodies:?}"
+    );
+    for l in b.windows() {
+        assert_eq!(
+            l.get("scope"),
+            "local",
+            "B logs only its own count: {}",
+            l.raw
+        );
+    }
+}
+
+/// An instance whose settings differ does not take the fleet's announcement when Redis
+/// loses it (found by review: after an empty restart B's renewal came first, and from then
+/// on A — the fleet — was unready and refused every new id while B served). A re-announces
+/// as soon as it reconnects; B only reads until none has been seen for a whole lifetime.
+#[test]
+fn a_misconfigured_instance_cannot_take_the_fleet_when_redis_loses_its_settings() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let a = Verve::start(&["--redis-url", &url, "--window-secs", "4"]);
+    thread::sleep(Duration::from_secs(5));
+    let b = Verve::start(&[
+        "--redis-url",
+        &url,
+        "--window-secs",
+        "4",
+        "--redis-shards",
+        "2",
+    ]);
+    assert_eq!(
+        b.get("/readyz").status,
+        503,
+        "B's settings differ: not ready"
+    );
+    assert_eq!(a.get("/readyz").status, 200, "A is the fleet");
+    // Between A's renewals (every 10 s from its start); B's comes first after the restart.
+    thread::sleep(Duration::from_millis(5800));
+    redis.restart();
+    for after in [10, 20] {
+        thread::sleep(Duration::from_secs(10));
+        let (ready_a, ready_b) = (a.get("/readyz").status, b.get("/readyz").status);
+        let settings = redis.cli(&["GET", "verve:settings"]);
+        assert_eq!(
+            (ready_a, ready_b),
+            (200, 503),
+            "{after} s after the restart the fleet is {}",
+            settings.trim()
+        );
+        assert_eq!(a.get(&format!("/api/verve/accept?id={after}")).status, 200);
+    }
 }
 
 /// The cutoff comes on time even while the reporter is busy with the window before (found

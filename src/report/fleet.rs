@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::{Partial, log_count, publish};
 use crate::Shared;
 use crate::http::query::{Endpoint, EndpointBuf};
-use crate::store::{EndpointCaps, Store, StoreError};
+use crate::store::{Announced, EndpointCaps, Store, StoreError};
 use crate::window::{Window, format_utc};
 
 /// How long a leader's lease lasts without renewal; a dead leader is replaced after this.
@@ -70,6 +70,16 @@ pub async fn report(shared: &Arc<Shared>, window: Arc<Window>) {
     let Some(store) = shared.store.as_ref() else {
         return;
     };
+    if outside_fleet(shared, window.start) {
+        log_count(
+            shared,
+            window.start,
+            window.count() as u64,
+            "local",
+            Some(Partial::Store),
+        );
+        return;
+    }
     let (owner, start, shards) = (Arc::clone(shared), window.start, window.touched_shards());
     shared.spawn(async move {
         if let Some(store) = &owner.store
@@ -104,6 +114,20 @@ pub async fn report(shared: &Arc<Shared>, window: Arc<Window>) {
             shared.spawn(report_later(Arc::clone(shared), window));
         }
     }
+}
+
+/// Whether this instance stands outside the fleet because its settings differ (it is not
+/// ready): then it reads no count, takes no lease and sends nothing — its windows are not
+/// the fleet's. Says so for the window.
+fn outside_fleet(shared: &Shared, window_start: i64) -> bool {
+    let outside = shared.settings_differ.load(Ordering::Acquire);
+    if outside {
+        log::warn!(
+            "window {}: not reported to the fleet: this instance's settings differ from the fleet's",
+            format_utc(window_start * 1000, false)
+        );
+    }
+    outside
 }
 
 /// Re-adds this instance's ids if Redis may have lost them, then reads the fleet count.
@@ -211,7 +235,9 @@ async fn report_later(shared: Arc<Shared>, window: Arc<Window>) {
     let shown = format_utc(start * 1000, false);
     loop {
         tokio::time::sleep(RETRY).await;
-        if past_deadline(&shared, start, "Redis unreachable until then") {
+        if past_deadline(&shared, start, "Redis unreachable until then")
+            || outside_fleet(&shared, start)
+        {
             return;
         }
         let read =
@@ -234,7 +260,9 @@ async fn deliver(shared: Arc<Shared>, start: i64, count: u64) {
     let shown = format_utc(start * 1000, false);
     let expiry = expire_at(&shared, start);
     loop {
-        if past_deadline(&shared, start, "no instance completed its callbacks") {
+        if past_deadline(&shared, start, "no instance completed its callbacks")
+            || outside_fleet(&shared, start)
+        {
             return;
         }
         match store.is_done(start).await {
@@ -333,29 +361,43 @@ fn bounded(shared: &Shared, shown: &str, stored: Vec<String>) -> Vec<Box<str>> {
     kept
 }
 
+/// How long after a reconnection the announcement is renewed (the instance's other
+/// connections come back meanwhile).
+const RECONNECT_ANNOUNCE: Duration = Duration::from_millis(200);
+
 /// How long the fleet's settings stay announced without a renewal: a fleet that changed its
 /// settings everywhere at once (all instances stopped) starts again after this.
 const SETTINGS_TTL: Duration = Duration::from_secs(30);
 
-/// The settings every instance of a fleet must share (SPEC §6.2), as announced.
+/// The settings every instance of a fleet must share, as announced: those that shape keys
+/// and windows (SPEC §6.2), and those that decide what a count holds — the grace and skew
+/// budget place every instance's cutoff before every other's count (with two graces, an
+/// `ok` can come after another instance read the count), and the endpoint bounds decide
+/// which endpoints the fleet calls.
 pub fn settings_fingerprint(config: &crate::config::Config) -> String {
     format!(
-        "window_secs={} redis_shards={} count=exact",
+        "window_secs={} redis_shards={} count=exact grace_ms={} max_clock_skew_ms={} \
+         callback_max_endpoints={} callback_max_per_domain={}",
         config.window_secs,
-        config.redis_shards()
+        config.redis_shards(),
+        config.grace_ms,
+        config.max_clock_skew_ms,
+        config.callback_max_endpoints,
+        config.callback_max_per_domain,
     )
 }
 
-/// Compares this instance's settings with the fleet's; true (and says why) when they
-/// differ. When Redis cannot tell, false: the next renewal decides.
+/// Compares this instance's settings with the fleet's at start-up, taking the announcement
+/// if there is none (the first instance of a fleet); true (and says why) when they differ.
+/// When Redis cannot tell, false: the next renewal decides.
 pub async fn check_settings(config: &crate::config::Config, store: &Store) -> bool {
     let ours = settings_fingerprint(config);
-    match store.announce(&ours, SETTINGS_TTL).await {
-        Ok(None) => false,
-        Ok(Some(theirs)) => {
+    match store.announce(&ours, SETTINGS_TTL, true).await {
+        Ok(Announced::Theirs(theirs)) => {
             say_settings_differ(config, &ours, &theirs);
             true
         }
+        Ok(_) => false,
         Err(e) => {
             log::warn!("announcing this instance's settings failed: {e}");
             false
@@ -371,29 +413,52 @@ fn say_settings_differ(config: &crate::config::Config, ours: &str, theirs: &str)
     );
 }
 
-/// Renews the announcement every third of its lifetime, following the fleet: an instance
-/// whose settings differ from the fleet's stays unready until the fleet's announcement lapses.
+/// Renews the announcement every third of its lifetime, and at once after the store
+/// reconnects (Redis may have lost it), following the fleet. An instance whose settings
+/// differ stays unready and only reads the announcement: it claims it only after none has
+/// been seen for a whole lifetime (the fleet is gone), so that after Redis lost it the
+/// fleet's instances, renewing within a third of that, announce theirs again first.
 pub async fn announce_settings(shared: Arc<Shared>) {
     let Some(store) = shared.store.as_ref() else {
         return;
     };
     let ours = settings_fingerprint(&shared.settings);
+    let mut reconnects = store.reconnections();
+    let mut absent_since: Option<tokio::time::Instant> = None;
     loop {
-        tokio::time::sleep(SETTINGS_TTL / 3).await;
-        match store.announce(&ours, SETTINGS_TTL).await {
-            Ok(theirs) => {
-                let was = shared
-                    .settings_differ
-                    .swap(theirs.is_some(), Ordering::AcqRel);
-                match theirs {
-                    Some(theirs) if !was => say_settings_differ(&shared.settings, &ours, &theirs),
-                    None if was => {
-                        log::info!("the fleet's settings match this instance's now: ready");
-                    }
-                    _ => {}
+        tokio::select! {
+            () = tokio::time::sleep(SETTINGS_TTL / 3) => {}
+            changed = reconnects.changed() => {
+                if changed.is_err() {
+                    return;
                 }
+                reconnects.borrow_and_update();
+                tokio::time::sleep(RECONNECT_ANNOUNCE).await; // the other connections
             }
-            Err(e) => log::debug!("renewing this instance's settings failed: {e}"),
+        }
+        let was = shared.settings_differ.load(Ordering::Acquire);
+        let claim = !was || absent_since.is_some_and(|t| t.elapsed() >= SETTINGS_TTL);
+        let differ = match store.announce(&ours, SETTINGS_TTL, claim).await {
+            Ok(Announced::Absent) => {
+                absent_since.get_or_insert_with(tokio::time::Instant::now);
+                continue;
+            }
+            Ok(Announced::Ours) => false,
+            Ok(Announced::Theirs(theirs)) => {
+                if !was {
+                    say_settings_differ(&shared.settings, &ours, &theirs);
+                }
+                true
+            }
+            Err(e) => {
+                log::debug!("renewing this instance's settings failed: {e}");
+                continue;
+            }
+        };
+        absent_since = None;
+        shared.settings_differ.store(differ, Ordering::Release);
+        if was && !differ {
+            log::info!("the fleet's settings match this instance's now: ready");
         }
     }
 }
