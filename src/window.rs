@@ -125,7 +125,7 @@ pub struct Window {
     inflight: AtomicUsize,
     /// Fleet mode: ids whose `SADD` is in flight, so concurrent requests share one and its
     /// outcome (`Some(true)` once Redis holds the id, `Some(false)` when it failed).
-    pending: DashMap<i64, watch::Receiver<Option<bool>>, Xxh3Seeded>,
+    pending: DashMap<i64, watch::Receiver<Option<Added>>, Xxh3Seeded>,
     /// Fleet mode: store shards this instance has written in this window (their expiry is
     /// set on first write, and they are checked for loss before the count is read).
     touched: Box<[AtomicBool]>,
@@ -220,12 +220,26 @@ impl Pending {
 }
 
 /// The outcome of a store call another request is making, shared with it.
-pub struct Shared(watch::Receiver<Option<bool>>);
+pub struct Shared(watch::Receiver<Option<Added>>);
+
+/// How a shared `SADD` ended, for the requests sharing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// Redis holds the id, and it entered the window.
+    Yes,
+    /// It failed (or came after the cutoff): the sharers are answered 503 with the lead.
+    No,
+    /// The request leading it went away first (its client hung up): a sharer takes its place.
+    Abandoned,
+}
 
 impl Shared {
-    /// True once the call succeeded; false when it failed or was abandoned.
-    pub async fn succeeded(mut self) -> bool {
-        matches!(self.0.wait_for(Option::is_some).await, Ok(done) if *done == Some(true))
+    /// How the call ended.
+    pub async fn outcome(mut self) -> Added {
+        match self.0.wait_for(Option::is_some).await {
+            Ok(done) => done.unwrap_or(Added::Abandoned),
+            Err(_) => Added::Abandoned,
+        }
     }
 }
 
@@ -484,44 +498,45 @@ impl Window {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<(), E>>,
     {
-        let lead = match self.pending.entry(id) {
-            dashmap::Entry::Occupied(running) => Err(Shared(running.get().clone())),
-            dashmap::Entry::Vacant(vacant) => {
-                let (outcome, shared) = watch::channel(None);
-                vacant.insert(shared);
-                Ok(PendingId {
-                    window: self,
-                    id,
-                    outcome,
-                })
-            }
-        };
-        match lead {
-            Err(shared) => {
-                if shared.succeeded().await {
-                    Ok(())
-                } else {
-                    Err(None)
+        loop {
+            let lead = match self.pending.entry(id) {
+                dashmap::Entry::Occupied(running) => Err(Shared(running.get().clone())),
+                dashmap::Entry::Vacant(vacant) => {
+                    let (outcome, shared) = watch::channel(None);
+                    vacant.insert(shared);
+                    Ok(PendingId {
+                        window: self,
+                        id,
+                        outcome,
+                    })
+                }
+            };
+            let pending = match lead {
+                Err(shared) => match shared.outcome().await {
+                    Added::Yes => return Ok(()),
+                    Added::No => return Err(None),
+                    // Its lead's client hung up before the outcome: this request leads in
+                    // its place (a `SADD` again is harmless), or shares a newer lead's.
+                    Added::Abandoned => continue,
+                },
+                Ok(pending) => pending,
+            };
+            let added = add().await;
+            // Acknowledged after the cutoff: the count may have been read without it.
+            let mut entered = added.is_ok() && !self.is_cut();
+            if entered {
+                self.insert(id);
+                // Cut meanwhile: out again (the count may have been read without it).
+                if self.is_cut() {
+                    self.ids.remove(&id);
+                    entered = false;
                 }
             }
-            Ok(pending) => {
-                let added = add().await;
-                // Acknowledged after the cutoff: the count may have been read without it.
-                let mut entered = added.is_ok() && !self.is_cut();
-                if entered {
-                    self.insert(id);
-                    // Cut meanwhile: out again (the count may have been read without it).
-                    if self.is_cut() {
-                        self.ids.remove(&id);
-                        entered = false;
-                    }
-                }
-                pending.finish(entered);
-                match added {
-                    Ok(()) if !entered => Err(None),
-                    added => added.map_err(Some),
-                }
-            }
+            pending.finish(entered);
+            return match added {
+                Ok(()) if !entered => Err(None),
+                added => added.map_err(Some),
+            };
         }
     }
 
@@ -581,28 +596,30 @@ impl Window {
 }
 
 /// The id whose `SADD` a request leads: its sharers are told the outcome when it finishes,
-/// or (dropped: the request was cancelled) that it failed.
+/// or (dropped: the request was cancelled) that it was abandoned, so one of them leads.
 struct PendingId<'w> {
     window: &'w Window,
     id: i64,
-    outcome: watch::Sender<Option<bool>>,
+    outcome: watch::Sender<Option<Added>>,
 }
 
 impl PendingId<'_> {
-    fn finish(self, succeeded: bool) {
-        self.outcome.send_replace(Some(succeeded));
+    fn finish(self, entered: bool) {
+        let added = if entered { Added::Yes } else { Added::No };
+        self.outcome.send_replace(Some(added));
         // Drop removes the entry; a failure is not remembered, the next request tries again.
     }
 }
 
 impl Drop for PendingId<'_> {
     fn drop(&mut self) {
+        // The entry goes first, so a sharer told of the abandonment leads anew.
         let mine = self.outcome.subscribe();
         self.window
             .pending
             .remove_if(&self.id, |_, shared| shared.same_channel(&mine));
         if self.outcome.borrow().is_none() {
-            self.outcome.send_replace(Some(false));
+            self.outcome.send_replace(Some(Added::Abandoned));
         }
     }
 }
@@ -1017,6 +1034,33 @@ mod fleet_tests {
             Ok(())
         );
         assert!(window.contains(6));
+    }
+
+    /// A lead cancelled before its outcome (its client hung up) fails nobody: a sharer leads
+    /// in its place and gets the store's answer.
+    #[tokio::test]
+    async fn a_cancelled_lead_hands_its_sadd_to_a_sharer() {
+        let windows = Windows::new(0, 60, (1, 1), 4);
+        let window = Arc::clone(&windows.open()[0]);
+        let calls = AtomicUsize::new(0);
+        let add = || async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok::<(), &str>(())
+        };
+        let lead = window.add_once(8, add);
+        let sharers = futures::future::join_all((0..3).map(|_| window.add_once(8, add)));
+        // The lead goes first, then is dropped 10 ms in, while the sharers wait on it.
+        let cancelled = tokio::time::timeout(Duration::from_millis(10), lead);
+        let (lead, outcomes) = tokio::join!(cancelled, sharers);
+        assert!(lead.is_err(), "the lead was cancelled");
+        assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "one call, then one for all sharers"
+        );
+        assert!(window.contains(8));
     }
 
     /// Two requests claiming one endpoint whose registrations keep failing: neither is ever

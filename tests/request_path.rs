@@ -60,6 +60,52 @@ fn concurrent_requests_for_one_id_share_its_failure() {
     assert!(back.is_some());
 }
 
+/// The client of the request leading a shared `SADD` hangs up while Redis stalls: the
+/// request sharing it is not failed with it (found by review: it got 503 at once though the
+/// `SADD` succeeded) — it leads in its place and is answered `ok`.
+#[test]
+fn a_client_hanging_up_does_not_fail_the_requests_sharing_its_sadd() {
+    use std::io::Write;
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let verve = Verve::start(&[
+        "--redis-url",
+        &redis.url(),
+        "--redis-timeout-ms",
+        "1000",
+        "--grace-ms",
+        "1500",
+        "--window-secs",
+        "10",
+    ]);
+    sleep_into_next_window(10, 100);
+    let mut sharer = verve.connect();
+    assert_eq!(sharer.get("/api/verve/accept?id=1").status, 200);
+    let paused = redis.cli(&["CLIENT", "PAUSE", "600", "WRITE"]);
+    assert!(paused.contains("OK"), "{paused}");
+    // The first request for id 55 leads its SADD; its client hangs up 100 ms later.
+    let mut first = std::net::TcpStream::connect(verve.addr).unwrap();
+    write!(
+        first,
+        "GET /api/verve/accept?id=55 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    )
+    .unwrap();
+    let hang_up = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(100));
+        drop(first);
+    });
+    thread::sleep(Duration::from_millis(30));
+    let started = Instant::now();
+    let status = sharer.get("/api/verve/accept?id=55").status;
+    let took = started.elapsed();
+    hang_up.join().unwrap();
+    assert_eq!(
+        status, 200,
+        "the sharer got {status} after {took:?}, when the first client hung up"
+    );
+}
+
 /// While one request registers an endpoint fleet-wide and Redis stalls, a second request
 /// naming the same id and endpoint must not be answered `ok` from memory: if the first one's
 /// registration fails, nothing would POST to the endpoint (I-endpoint).
