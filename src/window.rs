@@ -102,11 +102,15 @@ pub struct Window {
     ids: DashMap<i64, (), Xxh3Seeded>,
     /// Registered endpoints by [`Endpoint::key`]: normalized, allocated once per window.
     endpoints: DashMap<u128, Registration, Xxh3Seeded>,
-    /// Endpoints registered per [`Endpoint::domain_key`]; an entry exists only while it
-    /// holds a slot, so the map stays within `max_endpoints`.
-    domains: DashMap<u64, usize, Xxh3Seeded>,
-    /// Endpoint slots taken; never exceeds `max_endpoints`, so the set stays bounded.
+    /// Endpoint slots per [`Endpoint::domain_key`]; an entry exists only while it holds a
+    /// slot, so the map stays within `max_endpoints`.
+    domains: DashMap<u64, DomainSlots, Xxh3Seeded>,
+    /// Endpoint slots taken, registrations in flight included; never exceeds
+    /// `max_endpoints`, so the set stays bounded (and so do the registrations in flight).
     endpoint_slots: AtomicUsize,
+    /// Fleet mode: the slots whose endpoint Redis holds (confirmed registrations). Only
+    /// these refuse an endpoint as over the bound: a slot still in flight may be given back.
+    endpoints_held: AtomicUsize,
     max_endpoints: usize,
     max_per_domain: usize,
     /// Set by the first endpoint refused for want of a slot, so the overflow is logged once.
@@ -154,6 +158,15 @@ impl Drop for Window {
     }
 }
 
+/// One domain's endpoint slots in a window.
+#[derive(Debug, Default)]
+struct DomainSlots {
+    /// Taken, registrations in flight included; at most `max_per_domain`.
+    taken: usize,
+    /// Fleet mode: of those, the ones Redis holds.
+    held: usize,
+}
+
 /// A registered endpoint.
 struct Registration {
     /// The normalized URL.
@@ -184,6 +197,11 @@ pub enum Claim<'w> {
     /// This request registers it: report the outcome with [`Lead::confirm`] or
     /// [`Lead::refuse`]; dropping the lead unregisters it and fails every waiter.
     Lead(Lead<'w>),
+    /// A bound is reached only counting registrations still in flight, any of which may yet
+    /// fail and give its slot back: whether this endpoint fits is unknown (the request gets
+    /// 503; a retry finds them settled). Never refused for a slot Redis may never hold, and
+    /// never one more registration in flight than the bound has slots.
+    Undecided,
 }
 
 /// How a fleet-wide endpoint registration ended, for every request that named it.
@@ -255,8 +273,16 @@ pub struct Lead<'w> {
 impl Lead<'_> {
     /// Redis holds the endpoint: it is known from now on.
     pub fn confirm(self) {
-        if let Some(mut registration) = self.window.endpoints.get_mut(&self.key) {
-            registration.pending = None;
+        let window = self.window;
+        if let Some(mut registration) = window.endpoints.get_mut(&self.key)
+            && registration.pending.take().is_some()
+        {
+            // Held under the endpoint's entry (lock order: the entry, then the domains), so
+            // the slot is counted held once, when it turns known.
+            window.endpoints_held.fetch_add(1, Ordering::AcqRel);
+            if let Some(mut slots) = window.domains.get_mut(&self.domain) {
+                slots.held += 1;
+            }
         }
         self.outcome.send_replace(Some(Verdict::Registered));
     }
@@ -357,6 +383,7 @@ impl Window {
             endpoints: DashMap::with_hasher_and_shard_amount(hasher, 8),
             domains: DashMap::with_hasher_and_shard_amount(hasher, 8),
             endpoint_slots: AtomicUsize::new(0),
+            endpoints_held: AtomicUsize::new(0),
             max_endpoints,
             max_per_domain,
             endpoints_overflowed: AtomicBool::new(false),
@@ -395,6 +422,7 @@ impl Window {
         match self.register(endpoint, None) {
             Ok(()) => Registered::Added,
             Err(Claim::Settled(refused)) => refused,
+            // Without a store nothing is in flight: never undecided.
             Err(_) => Registered::Known,
         }
     }
@@ -421,6 +449,10 @@ impl Window {
     /// bound refuses it (this instance's, or one the fleet was found at). Decided under the
     /// endpoint's map entry, so that two requests for one endpoint never both take a slot,
     /// and one finds the other's registration as it stands.
+    ///
+    /// In fleet mode (`pending` given) a bound refuses only when the endpoints Redis holds
+    /// reach it: one reached with registrations still in flight is [`Claim::Undecided`].
+    /// On a single node every registration is final when made, and every slot refuses.
     fn register(
         &self,
         endpoint: &Endpoint<'_>,
@@ -430,7 +462,17 @@ impl Window {
             dashmap::Entry::Occupied(occupied) => return Err(occupied.get().claim()),
             dashmap::Entry::Vacant(vacant) => vacant,
         };
-        if self.fleet_full.load(Ordering::Acquire) || !self.take_slot() {
+        let fleet = pending.is_some();
+        if self.fleet_full.load(Ordering::Acquire) {
+            let first = !self.endpoints_overflowed.swap(true, Ordering::AcqRel);
+            return Err(Claim::Settled(Registered::Full { first }));
+        }
+        if !self.take_slot() {
+            // Held only grows (a confirmed registration is never given back): once it reaches
+            // the bound, Redis holds that many of this window's endpoints.
+            if fleet && self.endpoints_held.load(Ordering::Acquire) < self.max_endpoints {
+                return Err(Claim::Undecided);
+            }
             let first = !self.endpoints_overflowed.swap(true, Ordering::AcqRel);
             return Err(Claim::Settled(Registered::Full { first }));
         }
@@ -442,15 +484,19 @@ impl Window {
             return Err(Claim::Settled(Registered::DomainFull { first }));
         }
         {
-            let mut taken = self.domains.entry(domain).or_insert(0);
-            if *taken >= self.max_per_domain {
-                drop(taken);
+            let mut slots = self.domains.entry(domain).or_default();
+            if slots.taken >= self.max_per_domain {
+                let undecided = fleet && slots.held < self.max_per_domain;
+                drop(slots);
                 self.endpoint_slots.fetch_sub(1, Ordering::AcqRel);
-                self.domains.remove_if(&domain, |_, taken| *taken == 0);
+                self.domains.remove_if(&domain, |_, slots| slots.taken == 0);
+                if undecided {
+                    return Err(Claim::Undecided);
+                }
                 let first = !self.domain_overflowed.swap(true, Ordering::AcqRel);
                 return Err(Claim::Settled(Registered::DomainFull { first }));
             }
-            *taken += 1;
+            slots.taken += 1;
         }
         vacant.insert(Registration {
             url: endpoint.as_str().into(),
@@ -469,13 +515,14 @@ impl Window {
         true
     }
 
-    /// Gives back an endpoint slot and its domain's.
+    /// Gives back an endpoint slot and its domain's (of a registration never held: a
+    /// confirmed one keeps its slots for the window's life).
     fn release(&self, domain: u64) {
         self.endpoint_slots.fetch_sub(1, Ordering::AcqRel);
-        if let Some(mut taken) = self.domains.get_mut(&domain) {
-            *taken = taken.saturating_sub(1);
+        if let Some(mut slots) = self.domains.get_mut(&domain) {
+            slots.taken = slots.taken.saturating_sub(1);
         }
-        self.domains.remove_if(&domain, |_, taken| *taken == 0);
+        self.domains.remove_if(&domain, |_, slots| slots.taken == 0);
     }
 
     /// Whether the endpoint is registered in this window (in fleet mode: Redis holds it).
@@ -920,21 +967,14 @@ mod tests {
         assert_eq!(offer(win, "http://a/"), Registered::Added);
         assert_eq!(offer(win, "http://a/"), Registered::Known);
         assert_eq!(offer(win, "HTTP://A:80"), Registered::Known, "one target");
-        let mut buf = EndpointBuf::new();
-        let b = Endpoint::parse("http://b/", &mut buf).unwrap();
-        let Claim::Lead(lead) = win.claim_endpoint(&b) else {
-            panic!("b is new: this claim leads its registration");
-        };
-        assert!(!win.has_endpoint(&b), "known only once the store holds it");
+        assert_eq!(offer(win, "http://b/"), Registered::Added);
         assert_eq!(offer(win, "http://c/"), Registered::Full { first: true });
         assert_eq!(offer(win, "http://d/"), Registered::Full { first: false });
         assert_eq!(offer(win, "http://a/"), Registered::Known);
-        drop(lead); // the store failed: b is unregistered, its slot given back
-        assert!(!win.has_endpoint(&b));
-        assert_eq!(offer(win, "http://c/"), Registered::Added);
+        assert_eq!(offer(win, "http://c/"), Registered::Full { first: false });
         let mut eps = win.endpoints();
         eps.sort();
-        assert_eq!(eps, vec![Box::<str>::from("http://a/"), "http://c/".into()]);
+        assert_eq!(eps, vec![Box::<str>::from("http://a/"), "http://b/".into()]);
     }
 
     #[test]
@@ -1070,6 +1110,7 @@ mod fleet_tests {
         let windows = Windows::new(0, 60, (1, 1), 4);
         let window = Arc::clone(&windows.open()[0]);
         let settled = AtomicUsize::new(0);
+        let undecided = AtomicUsize::new(0);
         let leads = AtomicUsize::new(0);
         std::thread::scope(|s| {
             for _ in 0..2 {
@@ -1085,6 +1126,9 @@ mod fleet_tests {
                             Claim::Settled(_) => {
                                 settled.fetch_add(1, Ordering::Relaxed);
                             }
+                            Claim::Undecided => {
+                                undecided.fetch_add(1, Ordering::Relaxed);
+                            }
                             Claim::Wait(_) => {}
                         }
                     }
@@ -1093,6 +1137,11 @@ mod fleet_tests {
         });
         assert!(leads.load(Ordering::Relaxed) > 0);
         assert_eq!(settled.load(Ordering::Relaxed), 0, "settled without Redis");
+        assert_eq!(
+            undecided.load(Ordering::Relaxed),
+            0,
+            "a slot seen taken without its registration"
+        );
         assert_eq!(
             window.endpoint_slots.load(Ordering::Relaxed),
             0,
@@ -1270,6 +1319,105 @@ mod fleet_tests {
         assert_eq!(sharer.verdict().await, Verdict::Failed);
         assert_eq!(window.endpoint_slots.load(Ordering::Relaxed), 0);
         assert!(window.endpoints().is_empty());
+    }
+
+    /// Claims `url` in `window`: whether the claim is undecided (the request gets 503).
+    fn undecided(window: &Window, url: &str) -> bool {
+        let mut buf = EndpointBuf::new();
+        matches!(
+            window.claim_endpoint(&Endpoint::parse(url, &mut buf).unwrap()),
+            Claim::Undecided
+        )
+    }
+
+    /// The window's bound reached only with a registration in flight refuses nothing: the
+    /// endpoint offered meanwhile is undecided (no slot, no refusal counted), and once the
+    /// registration fails it gets the slot; refused only when Redis holds the bound.
+    #[test]
+    fn a_window_full_only_in_flight_refuses_nothing() {
+        let windows = Windows::new(0, 60, (2, 10), 4);
+        let window = Arc::clone(&windows.open()[0]);
+        lead(&window, "http://a.example/").confirm();
+        let b = lead(&window, "http://b.example/");
+        assert!(undecided(&window, "http://c.example/"), "b may yet fail");
+        assert!(undecided(&window, "http://d.other.example/"));
+        assert_eq!(window.endpoint_slots.load(Ordering::Relaxed), 2);
+        assert!(
+            !window.endpoints_overflowed.load(Ordering::Relaxed),
+            "nothing refused"
+        );
+        drop(b); // the store failed: Redis holds a only
+        let c = lead(&window, "http://c.example/");
+        assert!(undecided(&window, "http://b.example/"));
+        c.confirm();
+        assert_eq!(
+            settled(&window, "http://b.example/"),
+            Some(Registered::Full { first: true }),
+            "Redis holds two: the bound"
+        );
+        assert_eq!(
+            settled(&window, "http://d.other.example/"),
+            Some(Registered::Full { first: false })
+        );
+        let mut eps = window.endpoints();
+        eps.sort();
+        assert_eq!(
+            eps,
+            vec![
+                Box::<str>::from("http://a.example/"),
+                "http://c.example/".into()
+            ]
+        );
+    }
+
+    /// Registrations in flight never outnumber the window's slots: the claims beyond them
+    /// are undecided, holding nothing.
+    #[test]
+    fn registrations_in_flight_stay_within_the_bound() {
+        let windows = Windows::new(0, 60, (2, 10), 4);
+        let window = Arc::clone(&windows.open()[0]);
+        let _leads = [
+            lead(&window, "http://a.example/"),
+            lead(&window, "http://b.example/"),
+        ];
+        for i in 0..100 {
+            assert!(undecided(&window, &format!("http://e{i}.example/")));
+        }
+        assert_eq!(window.endpoint_slots.load(Ordering::Relaxed), 2);
+        assert_eq!(window.endpoints.len(), 2);
+        assert_eq!(window.domains.len(), 2, "a's and b's only");
+    }
+
+    /// Per domain: a registration in flight in one domain leaves its domain undecided and no
+    /// other; a domain Redis holds full refuses, whatever is in flight elsewhere.
+    #[test]
+    fn a_domain_full_only_in_flight_is_undecided_in_that_domain_only() {
+        let windows = Windows::new(0, 60, (10, 2), 4);
+        let window = Arc::clone(&windows.open()[0]);
+        lead(&window, "http://x1.evil.example/").confirm();
+        let x2 = lead(&window, "http://x2.evil.example/");
+        assert!(undecided(&window, "http://x3.evil.example/"));
+        // Another domain: its own slots, untouched by x's registration in flight.
+        lead(&window, "http://y1.good.example/").confirm();
+        lead(&window, "http://y2.good.example/").confirm();
+        assert_eq!(
+            settled(&window, "http://y3.good.example/"),
+            Some(Registered::DomainFull { first: true }),
+            "Redis holds two in good.example"
+        );
+        assert!(
+            undecided(&window, "http://x3.evil.example/"),
+            "still in flight"
+        );
+        drop(x2); // the store failed: evil.example holds one
+        lead(&window, "http://x3.evil.example/").confirm();
+        assert_eq!(
+            settled(&window, "http://x4.evil.example/"),
+            Some(Registered::DomainFull { first: false })
+        );
+        assert_eq!(window.endpoint_slots.load(Ordering::Relaxed), 4);
+        assert_eq!(window.endpoints_held.load(Ordering::Relaxed), 4);
+        assert_eq!(window.endpoints().len(), 4);
     }
 
     #[test]

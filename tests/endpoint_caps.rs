@@ -340,3 +340,102 @@ fn re_added_endpoints_keep_to_the_bounds() {
         .unwrap();
     assert!(ttl > 0, "the re-added counts expire ({ttl})");
 }
+
+/// The target of a request for `id` naming `endpoint`.
+fn accept_target(id: i64, endpoint: &str) -> String {
+    format!("/api/verve/accept?id={id}&endpoint={}", encode(endpoint))
+}
+
+/// A bound reached only with a registration still in flight refuses nothing: that
+/// registration may fail without reaching Redis and give its slot back, and an endpoint
+/// refused meanwhile with an `ok` would never get the window's POST though the fleet had
+/// room. Bound 2: `/a` registered (Redis holds 1 of 2); Redis holds writes back and `/b`'s
+/// registration is in flight (the instance's 2 slots taken); a request naming `/c` comes;
+/// `/b`'s script times out and its connection drops before it ran, so Redis holds `{/a}`.
+/// `/c`'s request must then be answered 503 (its outcome unknown; a client retries) or, if
+/// `ok`, get the POST.
+#[test]
+fn a_failed_registration_in_flight_costs_an_ok_endpoint_its_post() {
+    in_flight_refusal("--callback-max-endpoints", "verve_endpoints_dropped_total");
+}
+
+/// The same with the per-domain bound (2 per /24; every endpoint here is in 127.0.0.0/24).
+#[test]
+fn a_failed_registration_in_flight_costs_an_ok_endpoint_its_post_per_domain() {
+    in_flight_refusal(
+        "--callback-max-per-domain",
+        "verve_endpoints_dropped_domain_total",
+    );
+}
+
+/// Runs the scenario above with `bound` (a flag) at 2; `metric` counts refusals.
+fn in_flight_refusal(bound: &str, metric: &str) {
+    let _serial = serial();
+    let Some(redis) = Redis::start() else { return };
+    let receiver = Receiver::start();
+    let verve = Verve::start(&[
+        "--redis-url",
+        &redis.url(),
+        "--redis-timeout-ms",
+        "250",
+        "--window-secs",
+        WINDOW,
+        "--grace-ms",
+        "1000",
+        "--callback-allow",
+        "127.0.0.0/8",
+        bound,
+        "2",
+    ]);
+    let (a, b, c) = (receiver.url("/a"), receiver.url("/b"), receiver.url("/c"));
+    let window = sleep_into_next_window(SECS, 100);
+    let mut conn = verve.connect();
+    assert_eq!(conn.get(&accept_target(1, &a)).status, 200);
+    let paused = redis.cli(&["CLIENT", "PAUSE", "3000", "WRITE"]);
+    assert!(paused.contains("OK"), "{paused}");
+    let mut lead = verve.connect();
+    let target_b = accept_target(1, &b);
+    let lead = std::thread::spawn(move || lead.get(&target_b).status);
+    std::thread::sleep(Duration::from_millis(60));
+    // Id 1 is known locally: only the endpoint is new.
+    let target_c = accept_target(1, &c);
+    let status_c = conn.get(&target_c).status;
+    let status_b = lead.join().unwrap();
+    // The link drops while /b's script is still held: it never runs.
+    redis.cli(&["CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"]);
+    redis.cli(&["CLIENT", "UNPAUSE"]);
+    assert_eq!(status_b, 503, "/b's registration was to time out");
+    assert!(
+        status_c == 200 || status_c == 503,
+        "/c's request: {status_c}"
+    );
+    // A client retries a 503 (and only a 503): the instance reconnects, /b's slot is free.
+    if status_c == 503 {
+        wait_for(Duration::from_secs(2), || {
+            (verve.get(&target_c).status == 200).then_some(())
+        })
+        .expect("/c's retry answered ok");
+    }
+    assert!(
+        now_ms() < (window + SECS) * 1000,
+        "the scenario spilled past its window"
+    );
+
+    let line = verve.wait_window(window, Duration::from_secs(12));
+    assert_eq!(line.get("scope"), "fleet", "{}", line.raw);
+    wait_for(Duration::from_secs(8), || {
+        (!receiver.to("/a").is_empty()).then_some(())
+    })
+    .expect("the window's POST to /a");
+    std::thread::sleep(Duration::from_secs(2));
+    let stored = members(&redis, window);
+    let dropped = verve.metric(metric);
+    assert!(
+        !receiver.to("/c").is_empty(),
+        "/c was answered ok (first answer {status_c}) while the fleet had room (Redis holds \
+         {stored:?} of 2), yet it was refused ({dropped} dropped) and got no POST"
+    );
+    assert_eq!(stored, BTreeSet::from([a, c]), "/b never reached Redis");
+    assert_eq!(dropped, 0, "nothing was over a bound Redis holds");
+    assert!(receiver.to("/b").is_empty(), "/b was never registered");
+}

@@ -553,6 +553,15 @@ async fn decide_in_fleet(
                 }
                 Verdict::Failed => false,
             },
+            // A bound is reached only with registrations in flight: no store call, no
+            // refusal; 503, and a retry finds them settled.
+            Claim::Undecided => {
+                log::debug!(
+                    "window {}: endpoint bound reached with registrations in flight",
+                    window.start
+                );
+                return answer(shared, Outcome::Unavailable);
+            }
             Claim::Lead(lead) => {
                 let site = site.unwrap_or_default();
                 let caps = endpoint_caps(shared);
