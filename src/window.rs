@@ -213,6 +213,8 @@ pub enum Verdict {
     Refused(Bound),
     /// Unknown (the store failed, or answered after the cutoff): the requests get 503.
     Failed,
+    /// The request leading it went away first (its client hung up): a sharer takes its place.
+    Abandoned,
 }
 
 /// The bound that refused an endpoint fleet-wide.
@@ -228,11 +230,11 @@ pub enum Bound {
 pub struct Pending(watch::Receiver<Option<Verdict>>);
 
 impl Pending {
-    /// The registration's verdict once it is known; `Failed` if it was abandoned.
+    /// The registration's verdict once it is known.
     pub async fn verdict(mut self) -> Verdict {
         match self.0.wait_for(Option::is_some).await {
-            Ok(done) => done.unwrap_or(Verdict::Failed),
-            Err(_) => Verdict::Failed,
+            Ok(done) => done.unwrap_or(Verdict::Abandoned),
+            Err(_) => Verdict::Abandoned,
         }
     }
 }
@@ -271,6 +273,13 @@ pub struct Lead<'w> {
 }
 
 impl Lead<'_> {
+    /// The store failed (or answered after the cutoff): the endpoint is unregistered and its
+    /// sharers are answered 503 with this request.
+    pub fn fail(self) {
+        self.unregister();
+        self.outcome.send_replace(Some(Verdict::Failed));
+    }
+
     /// Redis holds the endpoint: it is known from now on.
     pub fn confirm(self) {
         let window = self.window;
@@ -336,12 +345,14 @@ impl Lead<'_> {
 }
 
 impl Drop for Lead<'_> {
+    /// Dropped undecided, the lead was cancelled (its request went away): the endpoint is
+    /// unregistered first, so a sharer told of it leads anew.
     fn drop(&mut self) {
         if self.outcome.borrow().is_some() {
-            return; // confirmed or refused
+            return; // confirmed, refused or failed
         }
         self.unregister();
-        self.outcome.send_replace(Some(Verdict::Failed));
+        self.outcome.send_replace(Some(Verdict::Abandoned));
     }
 }
 
@@ -1121,7 +1132,7 @@ mod fleet_tests {
                         match window.claim_endpoint(&e) {
                             Claim::Lead(lead) => {
                                 leads.fetch_add(1, Ordering::Relaxed);
-                                drop(lead); // the store failed
+                                lead.fail(); // the store failed
                             }
                             Claim::Settled(_) => {
                                 settled.fetch_add(1, Ordering::Relaxed);
@@ -1299,26 +1310,35 @@ mod fleet_tests {
         );
         assert_eq!(window.endpoint_slots.load(Ordering::Relaxed), 0);
         // A failed registration is not a refusal: the next request asks Redis again.
-        drop(lead(&window, "http://good.example/"));
+        lead(&window, "http://good.example/").fail();
         lead(&window, "http://good.example/").confirm();
         assert!(window.endpoints().len() == 1);
     }
 
-    /// A registration whose lead is dropped (the store failed) fails its sharers.
+    /// A registration whose store call failed fails its sharers; one whose lead was cancelled
+    /// (its request went away) is handed over.
     #[tokio::test]
-    async fn a_dropped_lead_fails_its_sharers() {
+    async fn a_failed_lead_fails_its_sharers_and_a_cancelled_one_hands_over() {
         let windows = Windows::new(0, 60, (10, 10), 4);
         let window = Arc::clone(&windows.open()[0]);
-        let first = lead(&window, "http://hooks.example/x");
         let mut buf = EndpointBuf::new();
         let e = Endpoint::parse("http://hooks.example/x", &mut buf).unwrap();
-        let Claim::Wait(sharer) = window.claim_endpoint(&e) else {
-            panic!("second claim waits");
-        };
-        drop(first);
-        assert_eq!(sharer.verdict().await, Verdict::Failed);
-        assert_eq!(window.endpoint_slots.load(Ordering::Relaxed), 0);
-        assert!(window.endpoints().is_empty());
+        for (cancelled, verdict) in [(false, Verdict::Failed), (true, Verdict::Abandoned)] {
+            let first = lead(&window, "http://hooks.example/x");
+            let Claim::Wait(sharer) = window.claim_endpoint(&e) else {
+                panic!("second claim waits");
+            };
+            if cancelled {
+                drop(first);
+            } else {
+                first.fail();
+            }
+            assert_eq!(sharer.verdict().await, verdict);
+            assert_eq!(window.endpoint_slots.load(Ordering::Relaxed), 0);
+            assert!(window.endpoints().is_empty());
+            // Unregistered either way: the next claim leads.
+            assert!(matches!(window.claim_endpoint(&e), Claim::Lead(_)));
+        }
     }
 
     /// Claims `url` in `window`: whether the claim is undecided (the request gets 503).

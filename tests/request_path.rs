@@ -65,7 +65,6 @@ fn concurrent_requests_for_one_id_share_its_failure() {
 /// `SADD` succeeded) — it leads in its place and is answered `ok`.
 #[test]
 fn a_client_hanging_up_does_not_fail_the_requests_sharing_its_sadd() {
-    use std::io::Write;
     let Some(redis) = Redis::start() else {
         return;
     };
@@ -78,32 +77,43 @@ fn a_client_hanging_up_does_not_fail_the_requests_sharing_its_sadd() {
         "1500",
         "--window-secs",
         "10",
+        "--callback-allow",
+        "127.0.0.0/8",
     ]);
-    sleep_into_next_window(10, 100);
+    let window = sleep_into_next_window(10, 100);
     let mut sharer = verve.connect();
     assert_eq!(sharer.get("/api/verve/accept?id=1").status, 200);
-    let paused = redis.cli(&["CLIENT", "PAUSE", "600", "WRITE"]);
-    assert!(paused.contains("OK"), "{paused}");
-    // The first request for id 55 leads its SADD; its client hangs up 100 ms later.
-    let mut first = std::net::TcpStream::connect(verve.addr).unwrap();
-    write!(
-        first,
-        "GET /api/verve/accept?id=55 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-    )
-    .unwrap();
-    let hang_up = thread::spawn(move || {
-        thread::sleep(Duration::from_millis(100));
-        drop(first);
-    });
-    thread::sleep(Duration::from_millis(30));
-    let started = Instant::now();
-    let status = sharer.get("/api/verve/accept?id=55").status;
-    let took = started.elapsed();
-    hang_up.join().unwrap();
-    assert_eq!(
-        status, 200,
-        "the sharer got {status} after {took:?}, when the first client hung up"
-    );
+    // An id's SADD, then (the id known) an endpoint's registration.
+    let hook = encode("http://127.0.0.1:9/hook");
+    for target in [
+        "/api/verve/accept?id=55".to_string(),
+        format!("/api/verve/accept?id=1&endpoint={hook}"),
+    ] {
+        let paused = redis.cli(&["CLIENT", "PAUSE", "600", "WRITE"]);
+        assert!(paused.contains("OK"), "{paused}");
+        // The first request leads; its client hangs up 100 ms later.
+        let mut first = std::net::TcpStream::connect(verve.addr).unwrap();
+        std::io::Write::write_all(
+            &mut first,
+            format!("GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let hang_up = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(100));
+            drop(first);
+        });
+        thread::sleep(Duration::from_millis(30));
+        let started = Instant::now();
+        let status = sharer.get(&target).status;
+        let took = started.elapsed();
+        hang_up.join().unwrap();
+        assert_eq!(
+            status, 200,
+            "{target}: the sharer got {status} after {took:?}, when the first client hung up"
+        );
+    }
+    let endpoints = redis.cli(&["SMEMBERS", &format!("verve:{{{window}}}:endpoints")]);
+    assert!(endpoints.contains("127.0.0.1:9/hook"), "{endpoints}");
 }
 
 /// While one request registers an endpoint fleet-wide and Redis stalls, a second request

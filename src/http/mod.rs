@@ -531,65 +531,74 @@ async fn decide_in_fleet(
         // the one registration and its outcome. Normalized by this request already, it
         // parses again; a failure (a bug) is an unknown outcome, never an `ok` without it.
         // The lead also takes the endpoint's site, which the fleet counts domains by.
-        let Some((claim, site)) = with_endpoint(&endpoint, |e| {
-            let claim = window.claim_endpoint(e);
-            let site = matches!(claim, Claim::Lead(_)).then(|| e.site().to_string());
-            (claim, site)
-        }) else {
-            return answer(shared, Outcome::Unavailable);
-        };
         // Registered or refused by a bound, the id counts: `ok`. Unknown: 503.
-        let settled = match claim {
-            Claim::Settled(registered) => {
-                note(shared, window, registered);
-                true
-            }
-            Claim::Wait(registration) => match registration.verdict().await {
-                Verdict::Registered => true,
-                Verdict::Refused(bound) => {
-                    // The lead logged it; each request naming a refused endpoint counts.
-                    note(shared, window, refused_again(bound));
+        let settled = loop {
+            let Some((claim, site)) = with_endpoint(&endpoint, |e| {
+                let claim = window.claim_endpoint(e);
+                let site = matches!(claim, Claim::Lead(_)).then(|| e.site().to_string());
+                (claim, site)
+            }) else {
+                return answer(shared, Outcome::Unavailable);
+            };
+            break match claim {
+                Claim::Settled(registered) => {
+                    note(shared, window, registered);
                     true
                 }
-                Verdict::Failed => false,
-            },
-            // A bound is reached only with registrations in flight: no store call, no
-            // refusal; 503, and a retry finds them settled.
-            Claim::Undecided => {
-                log::debug!(
-                    "window {}: endpoint bound reached with registrations in flight",
-                    window.start
-                );
-                return answer(shared, Outcome::Unavailable);
-            }
-            Claim::Lead(lead) => {
-                let site = site.unwrap_or_default();
-                let caps = endpoint_caps(shared);
-                let added =
-                    Box::pin(store.add_endpoint(window.start, &endpoint, &site, caps, expiry));
-                // Refused: not registered, counted, logged once per window; the id counts.
-                let refuse = |lead: Lead<'_>, bound| {
-                    note(shared, window, lead.refuse(bound));
-                    true
-                };
-                match added.await {
-                    // Acknowledged after the cutoff: as good as failed for this window.
-                    Ok(_) if window.is_cut() => false,
-                    Ok(EndpointAdd::Registered) => {
-                        lead.confirm();
+                Claim::Wait(registration) => match registration.verdict().await {
+                    Verdict::Registered => true,
+                    Verdict::Refused(bound) => {
+                        // The lead logged it; each request naming a refused endpoint counts.
+                        note(shared, window, refused_again(bound));
                         true
                     }
-                    Ok(EndpointAdd::WindowFull) => refuse(lead, Bound::Window),
-                    Ok(EndpointAdd::DomainFull) => refuse(lead, Bound::Domain),
-                    Err(e) => {
-                        log::debug!(
-                            "registering an endpoint for window {} failed: {e}",
-                            window.start
-                        );
-                        false // the lead, dropped, unregisters it and fails its sharers
+                    Verdict::Failed => false,
+                    // Its lead's client hung up first: claim again (lead in its place, or share
+                    // a newer lead's registration).
+                    Verdict::Abandoned => continue,
+                },
+                // A bound is reached only with registrations in flight: no store call, no
+                // refusal; 503, and a retry finds them settled.
+                Claim::Undecided => {
+                    log::debug!(
+                        "window {}: endpoint bound reached with registrations in flight",
+                        window.start
+                    );
+                    return answer(shared, Outcome::Unavailable);
+                }
+                Claim::Lead(lead) => {
+                    let site = site.unwrap_or_default();
+                    let caps = endpoint_caps(shared);
+                    let added =
+                        Box::pin(store.add_endpoint(window.start, &endpoint, &site, caps, expiry));
+                    // Refused: not registered, counted, logged once per window; the id counts.
+                    let refuse = |lead: Lead<'_>, bound| {
+                        note(shared, window, lead.refuse(bound));
+                        true
+                    };
+                    match added.await {
+                        // Acknowledged after the cutoff: as good as failed for this window.
+                        Ok(_) if window.is_cut() => {
+                            lead.fail();
+                            false
+                        }
+                        Ok(EndpointAdd::Registered) => {
+                            lead.confirm();
+                            true
+                        }
+                        Ok(EndpointAdd::WindowFull) => refuse(lead, Bound::Window),
+                        Ok(EndpointAdd::DomainFull) => refuse(lead, Bound::Domain),
+                        Err(e) => {
+                            log::debug!(
+                                "registering an endpoint for window {} failed: {e}",
+                                window.start
+                            );
+                            lead.fail();
+                            false
+                        }
                     }
                 }
-            }
+            };
         };
         if !settled {
             shared.metrics.store_call(Duration::ZERO, false);
