@@ -415,6 +415,7 @@ impl Config {
             timeout: Duration::from_millis(self.redis_timeout_ms),
             prefix: self.redis_prefix.clone(),
             ca_file: self.redis_ca_file.clone(),
+            expire_after: crate::report::fleet::expire_after(self),
         })
     }
 

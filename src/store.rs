@@ -4,15 +4,17 @@
 //! command the fleet sends. Concurrent commands are pipelined by fred; nothing here grows
 //! with a window's size on the request path (no `KEYS`, `SMEMBERS`, `SCAN` there). While the
 //! client is disconnected, calls fail at once with [`StoreError::Unavailable`] rather than
-//! queueing behind a dead connection.
+//! queueing behind a dead connection. Every key is created by a command (or script) that
+//! also sets its absolute expiry (SPEC §6.2): none depends on a later `EXPIREAT` arriving.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use fred::bytes_utils::Str;
 use fred::prelude::*;
 use fred::types::config::UnresponsiveConfig;
 use fred::types::{Expiration, SetOptions};
@@ -23,10 +25,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::lanes::Lanes;
 
-/// Ids re-added per `SADD` when an instance refills Redis.
+/// Ids re-added per script call when an instance refills Redis.
 const READD_BATCH: usize = 1000;
 
-/// Most ids the batcher takes off its queue for one round of `SADD`s.
+/// Most ids the batcher takes off its queue for one round.
 const MAX_BATCH: usize = 1024;
 
 /// Times the batcher lets other tasks run, while its queue keeps growing, before a round.
@@ -54,6 +56,28 @@ pub fn shard_of(id: i64, shards: u32) -> u32 {
 pub fn ids_key(prefix: &str, window_start: i64, shard: u32) -> String {
     format!("{prefix}:{{{window_start}:{shard}}}:ids")
 }
+
+/// Adds ids to a window's shard set and sets the set's expiry, atomically, so the command that
+/// creates the key is the one that gives it its expiry (SPEC §6.2): a write whose answer is
+/// lost or late (a timeout, the cutoff) still leaves a key that expires. KEYS[1]: the shard
+/// set; ARGV[1]: its expiry (epoch seconds, absolute, so every write repeats it harmlessly);
+/// ARGV[2..]: the ids. `SADD` takes them 1000 at a time: `unpack` puts each on Lua's C
+/// stack, which holds about 8000.
+const ADD_IDS: &str = r"
+local n = #ARGV
+for i = 2, n, 1000 do
+  redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 999, n)))
+end
+redis.call('EXPIREAT', KEYS[1], ARGV[1])
+";
+
+/// The SHA-1 of [`ADD_IDS`] in hex, which `EVALSHA` names it by: computed once, then shared
+/// by every call without a copy.
+static ADD_IDS_SHA: LazyLock<Str> = LazyLock::new(|| {
+    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, ADD_IDS.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    Str::from(hex)
+});
 
 /// Registers an endpoint for a window within the fleet's bounds, atomically, so the first
 /// endpoints registered anywhere in the fleet are the ones kept (SPEC §6.1 I-endpoint).
@@ -148,13 +172,16 @@ pub struct Settings {
     /// PEM file of the CA that signed the server's certificate (`rediss://` with a private
     /// CA); unset trusts the system's roots.
     pub ca_file: Option<PathBuf>,
+    /// Seconds after a window's start at which its keys expire: every write of a shard set
+    /// carries `window_start + expire_after` (see `report::fleet::expire_at`).
+    pub expire_after: i64,
 }
 
 /// The fleet's view of Redis.
 pub struct Store {
-    /// Everything but the accept path's `SADD`s: expiries, endpoints, counts, leases.
+    /// Everything but the accept path's writes of ids: expiries, endpoints, counts, leases.
     client: Client,
-    /// The accept path's `SADD`s, one connection and batcher per lane.
+    /// The accept path's writes of ids, one connection and batcher per lane.
     adders: Vec<Adder>,
     shards: u32,
     prefix: String,
@@ -167,10 +194,10 @@ pub struct Store {
     instance: String,
 }
 
-/// A lane's connection for `SADD`s and the batcher that groups its ids into them.
+/// A lane's connection for writing ids and the batcher that groups its ids into rounds.
 struct Adder {
     client: Client,
-    /// Ids for the batcher, which groups them into one `SADD` per shard key.
+    /// Ids for the batcher, which groups them into one [`ADD_IDS`] call per shard key.
     adds: mpsc::Sender<PendingAdd>,
     /// The batcher, running on the lane; stopped with the store.
     batcher: tokio::task::JoinHandle<()>,
@@ -223,6 +250,7 @@ impl Store {
                     client.clone(),
                     settings.prefix.clone(),
                     settings.shards,
+                    settings.expire_after,
                     queue,
                 ),
             );
@@ -303,9 +331,10 @@ impl Store {
         }
     }
 
-    /// Adds one id to its window's shard set. Ids arriving while a round of `SADD`s is in
-    /// flight go together in the next round, one `SADD` per shard key (group commit): the
-    /// command count falls as load rises, and each id is answered once Redis holds it.
+    /// Adds one id to its window's shard set. Ids arriving while a round is in flight go
+    /// together in the next round, one [`ADD_IDS`] script per shard key (group commit): the
+    /// command count falls as load rises, and each id is answered once Redis holds it. The
+    /// script sets the key's expiry with the ids, so no separate `EXPIREAT` follows.
     /// Goes through the connection of the lane it runs on (the first lane's off the lanes).
     pub async fn add(&self, window_start: i64, id: i64) -> Result<(), StoreError> {
         let adder = &self.adders[crate::lanes::current().unwrap_or(0) % self.adders.len()];
@@ -322,23 +351,10 @@ impl Store {
             .adds
             .try_send(pending)
             .map_err(|_| StoreError::Unavailable)?;
-        // No timer per request: every SADD carries fred's command timeout, so an answer
-        // comes within two of them (the round in flight, then this one).
+        // No timer per request: every round carries fred's command timeout, so an answer
+        // comes within two of them (the round in flight, then this one; a third only when
+        // Redis lost the script and it is sent again in full).
         answer.await.unwrap_or(Err(StoreError::Unavailable))
-    }
-
-    /// Sets the expiry of a window's shard key (absolute, so every instance agrees).
-    pub async fn expire_shard(
-        &self,
-        window_start: i64,
-        shard: u32,
-        at: i64,
-    ) -> Result<(), StoreError> {
-        let _: i64 = self
-            .client
-            .expire_at(self.ids_key(window_start, shard), at, None)
-            .await?;
-        Ok(())
     }
 
     /// Registers a callback endpoint for the window, fleet-wide and within `caps` (one
@@ -378,9 +394,10 @@ impl Store {
     }
 
     /// Re-adds ids (and endpoints, each with its site) this instance answered for a window,
-    /// in batches, and sets the keys' expiry: after Redis lost them in a restart, or while it
-    /// was unreachable. Endpoints go through the same bounds as at registration; the number
-    /// refused (others took their places first) is returned.
+    /// in batches, each batch with its key's expiry in one script as on the accept path:
+    /// after Redis lost them in a restart, or while it was unreachable. Endpoints go through
+    /// the same bounds as at registration; the number refused (others took their places
+    /// first) is returned.
     pub async fn readd(
         &self,
         window_start: i64,
@@ -397,12 +414,8 @@ impl Store {
         let mut calls = Vec::new();
         for (shard, ids) in by_shard.iter().enumerate() {
             for batch in ids.chunks(READD_BATCH) {
-                let key = self.ids_key(window_start, shard as u32);
-                calls.push(async move {
-                    let _: u64 = self.client.sadd(&key, batch.to_vec()).await?;
-                    let _: i64 = self.client.expire_at(&key, expire_at, None).await?;
-                    Ok::<_, fred::error::Error>(())
-                });
+                let key = Key::from(self.ids_key(window_start, shard as u32));
+                calls.push(add_ids(&self.client, key, batch, expire_at));
             }
         }
         try_join_all(calls).await?;
@@ -517,20 +530,16 @@ impl Store {
         Ok(())
     }
 
-    /// Re-applies the window's expiry to the shard keys this instance wrote and to its
-    /// endpoint set and per-domain counts, off the request path (at the window's close):
-    /// absolute and idempotent, so a first `EXPIREAT` that failed is made good and none is
-    /// ever the only one.
-    pub async fn expire_window(
-        &self,
-        window_start: i64,
-        shards: &[u32],
-        expire_at: i64,
-    ) -> Result<(), StoreError> {
+    /// Re-applies the window's expiry to all its shard keys and to its endpoint set and
+    /// per-domain counts, off the request path (once, at the window's close): each key got it
+    /// from the command that created it; this is a second line for a key whose expiry was
+    /// removed since (`PERSIST`, another version's writes). Absolute and idempotent, and
+    /// `EXPIREAT` on a missing key creates nothing, so every shard is covered, written by
+    /// this instance or not.
+    pub async fn expire_window(&self, window_start: i64, expire_at: i64) -> Result<(), StoreError> {
         self.check()?;
-        let keys = shards
-            .iter()
-            .map(|&s| self.ids_key(window_start, s))
+        let keys = (0..self.shards)
+            .map(|s| self.ids_key(window_start, s))
             .chain(["endpoints", "domains"].map(|what| self.window_key(window_start, what)));
         let calls = keys.map(|key| async move {
             let _: i64 = self.client.expire_at(key, expire_at, None).await?;
@@ -634,16 +643,44 @@ fn tls_trusting(ca_file: &Path) -> Result<rustls::ClientConfig, String> {
         .with_no_client_auth())
 }
 
-/// Takes every queued id and sends one `SADD` per shard key (pipelined by fred), answering
-/// each id with its key's outcome: at most one round in flight per shard key, so ids queue
-/// up behind their own key's round only — a stalled cluster node holds its shards' ids, not
-/// the others'. After a round it yields while its queue still grows (at most [`MAX_YIELDS`]
-/// times), so that the connections just answered can queue their next ids into the key's
-/// next round.
+/// Adds `ids` to the shard set `key` with its expiry `at`, in one [`ADD_IDS`] script: one
+/// round trip (`EVALSHA`), two only when Redis lacks the script (restarted, a new node) and
+/// answers `NOSCRIPT`, when it goes again as `EVAL`, which also caches it. The arguments are
+/// built once per call (each id an inline [`Value::Integer`]), again only for that `EVAL`.
+async fn add_ids(
+    client: &Client,
+    key: Key,
+    ids: &[i64],
+    at: i64,
+) -> Result<(), fred::error::Error> {
+    let args = || {
+        let mut args = Vec::with_capacity(ids.len() + 1);
+        args.push(Value::Integer(at));
+        args.extend(ids.iter().map(|&id| Value::Integer(id)));
+        Value::Array(args)
+    };
+    match client
+        .evalsha::<(), _, _, _>(ADD_IDS_SHA.clone(), key.clone(), args())
+        .await
+    {
+        Err(e) if e.details().starts_with("NOSCRIPT") => {
+            client.eval(Str::from_static(ADD_IDS), key, args()).await
+        }
+        outcome => outcome,
+    }
+}
+
+/// Takes every queued id and sends one [`ADD_IDS`] script per shard key (pipelined by
+/// fred), answering each id with its key's outcome: at most one round in flight per shard
+/// key, so ids queue up behind their own key's round only — a stalled cluster node holds its
+/// shards' ids, not the others'. After a round it yields while its queue still grows (at
+/// most [`MAX_YIELDS`] times), so that the connections just answered can queue their next
+/// ids into the key's next round.
 async fn run_batcher(
     client: Client,
     prefix: String,
     shards: u32,
+    expire_after: i64,
     mut queue: mpsc::Receiver<PendingAdd>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -661,7 +698,7 @@ async fn run_batcher(
     loop {
         let started = rounds.len();
         for (key, (ids, answers)) in waiting.extract_if(|key, _| !busy.contains(key)) {
-            rounds.push(round(&client, &prefix, key, ids, answers));
+            rounds.push(round(&client, &prefix, expire_after, key, ids, answers));
         }
         // The keys of the rounds just started are busy until each one ends.
         if rounds.len() > started {
@@ -703,12 +740,12 @@ async fn run_batcher(
     }
 }
 
-/// One `SADD` of a shard key's waiting ids in flight; resolves to its key once every id is
-/// answered with the outcome.
+/// One [`ADD_IDS`] call of a shard key's waiting ids in flight; resolves to its key once every
+/// id is answered with the outcome.
 struct Round<'a> {
     key: (i64, u32),
     // Boxed: a fred command future is several KiB; the set of rounds moves it otherwise.
-    sadd: Pin<Box<dyn Future<Output = (i64, u32)> + Send + 'a>>,
+    add: Pin<Box<dyn Future<Output = (i64, u32)> + Send + 'a>>,
 }
 
 impl Round<'_> {
@@ -723,29 +760,31 @@ impl Future for Round<'_> {
         mut self: Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<(i64, u32)> {
-        self.sadd.as_mut().poll(cx)
+        self.add.as_mut().poll(cx)
     }
 }
 
+/// The round of `ids` for `key` (window start, shard), whose set expires `expire_after`
+/// seconds after the window's start.
 fn round<'a>(
     client: &'a Client,
     prefix: &'a str,
+    expire_after: i64,
     key: (i64, u32),
     ids: Vec<i64>,
     answers: Vec<Answer>,
 ) -> Round<'a> {
-    let sadd = Box::pin(async move {
-        let outcome = client
-            .sadd::<u64, _, _>(ids_key(prefix, key.0, key.1), ids)
+    let add = Box::pin(async move {
+        let set = Key::from(ids_key(prefix, key.0, key.1));
+        let outcome = add_ids(client, set, &ids, key.0 + expire_after)
             .await
-            .map(|_| ())
             .map_err(StoreError::from);
         for done in answers {
             let _ = done.send(outcome.clone());
         }
         key
     });
-    Round { key, sadd }
+    Round { key, add }
 }
 
 #[cfg(test)]

@@ -128,10 +128,10 @@ pub struct Window {
     /// Requests admitted to this window and not yet finished.
     inflight: AtomicUsize,
     /// Fleet mode: ids whose `SADD` is in flight, so concurrent requests share one and its
-    /// outcome (`Some(true)` once Redis holds the id, `Some(false)` when it failed).
+    /// outcome (see [`Added`]).
     pending: DashMap<i64, watch::Receiver<Option<Added>>, Xxh3Seeded>,
-    /// Fleet mode: store shards this instance has written in this window (their expiry is
-    /// set on first write, and they are checked for loss before the count is read).
+    /// Fleet mode: store shards this instance has written in this window (checked for loss
+    /// before the count is read).
     touched: Box<[AtomicBool]>,
     /// Fleet mode: the store's reconnection count when the window opened.
     pub epoch: u64,
@@ -598,14 +598,18 @@ impl Window {
         }
     }
 
-    /// Marks a store shard written; true the first time (the caller sets its expiry).
-    pub fn touch_shard(&self, shard: u32) -> bool {
-        self.touched
-            .get(shard as usize)
-            .is_some_and(|t| !t.load(Ordering::Relaxed) && !t.swap(true, Ordering::AcqRel))
+    /// Marks a store shard written by this instance (an id of it entered the window). Read
+    /// first: once marked, the shared flag is only read, never written again.
+    pub fn touch_shard(&self, shard: u32) {
+        if let Some(t) = self.touched.get(shard as usize)
+            && !t.load(Ordering::Relaxed)
+        {
+            t.store(true, Ordering::Release);
+        }
     }
 
-    /// The store shards this instance wrote in this window.
+    /// The store shards this instance wrote in this window: those whose loss (Redis
+    /// restarted or evicted them) makes the reporter re-add its ids.
     pub fn touched_shards(&self) -> Vec<u32> {
         (0..self.touched.len() as u32)
             .filter(|&s| self.touched[s as usize].load(Ordering::Acquire))
@@ -1441,13 +1445,13 @@ mod fleet_tests {
     }
 
     #[test]
-    fn shards_are_touched_once() {
+    fn touched_shards_are_listed_once() {
         let windows = Windows::new(0, 60, (1, 1), 4);
         let window = &windows.open()[0];
-        assert!(window.touch_shard(2));
-        assert!(!window.touch_shard(2));
-        assert!(window.touch_shard(0));
-        assert!(!window.touch_shard(9), "out of range is never touched");
+        window.touch_shard(2);
+        window.touch_shard(2);
+        window.touch_shard(0);
+        window.touch_shard(9); // out of range: ignored
         assert_eq!(window.touched_shards(), vec![0, 2]);
     }
 }

@@ -512,17 +512,9 @@ async fn decide_in_fleet(
             log::debug!("SADD for window {} failed: {e:?}", window.start);
             return answer(shared, Outcome::Unavailable);
         }
-        let shard = store.shard(id);
-        if window.touch_shard(shard) {
-            let (owner, start) = (Arc::clone(shared), window.start);
-            shared.spawn(async move {
-                if let Some(store) = &owner.store
-                    && let Err(e) = store.expire_shard(start, shard, expiry).await
-                {
-                    log::warn!("setting expiry of window {start} shard {shard} failed: {e}");
-                }
-            });
-        }
+        // The write carried the key's expiry; this only tells the reporter which shard sets
+        // must still be in Redis when the window is final (else it re-adds its ids).
+        window.touch_shard(store.shard(id));
     }
     // fred's command futures are several KiB: boxed here, they are only built for a new
     // endpoint instead of being carried (and copied) by every request's future.

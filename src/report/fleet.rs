@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use super::{Partial, log_count, publish};
 use crate::Shared;
+use crate::config::Config;
 use crate::http::query::{Endpoint, EndpointBuf};
 use crate::store::{Announced, EndpointCaps, Store, StoreError};
 use crate::window::{Window, format_utc};
@@ -29,11 +30,17 @@ const RETRY: Duration = Duration::from_millis(500);
 /// Longest that re-adding waits after a reconnection for the instance's other connections.
 const RECONNECT_SETTLE: Duration = Duration::from_secs(1);
 
-/// Epoch second at which a window's keys expire: about two windows and the grace after its
-/// start, plus a margin for a late fleet report.
+/// Seconds after a window's start at which its keys expire: about two windows and the
+/// grace, plus a margin for a late fleet report. The store's batcher adds it to every
+/// window's start itself (each write of a shard set carries its expiry).
+pub fn expire_after(config: &Config) -> i64 {
+    let grace_secs = config.grace_ms.div_ceil(1000) as i64;
+    2 * i64::from(config.window_secs) + grace_secs + EXPIRY_MARGIN_SECS
+}
+
+/// Epoch second at which a window's keys expire (see [`expire_after`]).
 pub fn expire_at(shared: &Shared, window_start: i64) -> i64 {
-    let grace_secs = shared.settings.grace_ms.div_ceil(1000) as i64;
-    window_start + 2 * shared.windows.secs() + grace_secs + EXPIRY_MARGIN_SECS
+    window_start + expire_after(&shared.settings)
 }
 
 /// Until when a window's fleet report is attempted (its keys are still there).
@@ -80,12 +87,10 @@ pub async fn report(shared: &Arc<Shared>, window: Arc<Window>) {
         );
         return;
     }
-    let (owner, start, shards) = (Arc::clone(shared), window.start, window.touched_shards());
+    let (owner, start) = (Arc::clone(shared), window.start);
     shared.spawn(async move {
         if let Some(store) = &owner.store
-            && let Err(e) = store
-                .expire_window(start, &shards, expire_at(&owner, start))
-                .await
+            && let Err(e) = store.expire_window(start, expire_at(&owner, start)).await
         {
             log::warn!("window {start}: re-applying its keys' expiry failed: {e}");
         }
