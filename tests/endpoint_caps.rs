@@ -373,20 +373,21 @@ fn in_flight_refusal(bound: &str, metric: &str) {
     let _serial = serial();
     let Some(redis) = Redis::start() else { return };
     let receiver = Receiver::start();
-    let verve = Verve::start(&[
-        "--redis-url",
-        &redis.url(),
-        "--redis-timeout-ms",
-        "250",
-        "--window-secs",
-        WINDOW,
-        "--grace-ms",
-        "1000",
-        "--callback-allow",
-        "127.0.0.0/8",
-        bound,
-        "2",
-    ]);
+    let verve = Verve::on_redis(
+        &redis,
+        &[
+            "--redis-timeout-ms",
+            "250",
+            "--window-secs",
+            WINDOW,
+            "--grace-ms",
+            "1000",
+            "--callback-allow",
+            "127.0.0.0/8",
+            bound,
+            "2",
+        ],
+    );
     let (a, b, c) = (receiver.url("/a"), receiver.url("/b"), receiver.url("/c"));
     let window = sleep_into_next_window(SECS, 100);
     let mut conn = verve.connect();

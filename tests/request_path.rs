@@ -17,14 +17,10 @@ fn concurrent_requests_for_one_id_share_its_failure() {
     let Some(redis) = Redis::start() else {
         return;
     };
-    let verve = Verve::start(&[
-        "--redis-url",
-        &redis.url(),
-        "--redis-timeout-ms",
-        "250",
-        "--window-secs",
-        "10",
-    ]);
+    let verve = Verve::on_redis(
+        &redis,
+        &["--redis-timeout-ms", "250", "--window-secs", "10"],
+    );
     let mut warm = verve.connect();
     assert_eq!(warm.get("/api/verve/accept?id=1").status, 200);
     let conns: Vec<Conn> = (0..10).map(|_| verve.connect()).collect();
@@ -68,18 +64,19 @@ fn a_client_hanging_up_does_not_fail_the_requests_sharing_its_sadd() {
     let Some(redis) = Redis::start() else {
         return;
     };
-    let verve = Verve::start(&[
-        "--redis-url",
-        &redis.url(),
-        "--redis-timeout-ms",
-        "1000",
-        "--grace-ms",
-        "1500",
-        "--window-secs",
-        "10",
-        "--callback-allow",
-        "127.0.0.0/8",
-    ]);
+    let verve = Verve::on_redis(
+        &redis,
+        &[
+            "--redis-timeout-ms",
+            "1000",
+            "--grace-ms",
+            "1500",
+            "--window-secs",
+            "10",
+            "--callback-allow",
+            "127.0.0.0/8",
+        ],
+    );
     let window = sleep_into_next_window(10, 100);
     let mut sharer = verve.connect();
     assert_eq!(sharer.get("/api/verve/accept?id=1").status, 200);
@@ -125,18 +122,19 @@ fn an_endpoint_counts_as_registered_only_once_redis_holds_it() {
         return;
     };
     let receiver = Receiver::start();
-    let verve = Verve::start(&[
-        "--redis-url",
-        &redis.url(),
-        "--redis-timeout-ms",
-        "250",
-        "--window-secs",
-        "4",
-        "--grace-ms",
-        "1000",
-        "--callback-allow",
-        "127.0.0.0/8",
-    ]);
+    let verve = Verve::on_redis(
+        &redis,
+        &[
+            "--redis-timeout-ms",
+            "250",
+            "--window-secs",
+            "4",
+            "--grace-ms",
+            "1000",
+            "--callback-allow",
+            "127.0.0.0/8",
+        ],
+    );
     let endpoint = encode(&receiver.url("/hook"));
     let window = sleep_into_next_window(4, 100);
     let mut conn = verve.connect();
@@ -324,16 +322,17 @@ fn window_keys_always_expire() {
         return;
     };
     let receiver = Receiver::start();
-    let verve = Verve::start(&[
-        "--redis-url",
-        &redis.url(),
-        "--window-secs",
-        "2",
-        "--grace-ms",
-        "600",
-        "--callback-allow",
-        "127.0.0.0/8",
-    ]);
+    let verve = Verve::on_redis(
+        &redis,
+        &[
+            "--window-secs",
+            "2",
+            "--grace-ms",
+            "600",
+            "--callback-allow",
+            "127.0.0.0/8",
+        ],
+    );
     let window = sleep_into_next_window(2, 100);
     let hook = encode(&receiver.url("/ttl"));
     let mut conn = verve.connect();
@@ -370,16 +369,17 @@ fn window_keys_always_expire() {
 #[test]
 fn a_shard_set_whose_writes_all_timed_out_never_expires() {
     let Some(redis) = Redis::start() else { return };
-    let verve = Verve::start(&[
-        "--redis-url",
-        &redis.url(),
-        "--redis-timeout-ms",
-        "250",
-        "--window-secs",
-        "2",
-        "--grace-ms",
-        "1000",
-    ]);
+    let verve = Verve::on_redis(
+        &redis,
+        &[
+            "--redis-timeout-ms",
+            "250",
+            "--window-secs",
+            "2",
+            "--grace-ms",
+            "1000",
+        ],
+    );
     // An id of an earlier window first: Redis has the accept path's script cached, so the
     // write below goes as one `EVALSHA` that runs once the stall ends.
     assert_eq!(verve.get("/api/verve/accept?id=1").status, 200);

@@ -78,13 +78,7 @@ pub async fn report(shared: &Arc<Shared>, window: Arc<Window>) {
         return;
     };
     if outside_fleet(shared, window.start) {
-        log_count(
-            shared,
-            window.start,
-            window.count() as u64,
-            "local",
-            Some(Partial::Store),
-        );
+        log_local(shared, &window);
         return;
     }
     let (owner, start) = (Arc::clone(shared), window.start);
@@ -109,16 +103,16 @@ pub async fn report(shared: &Arc<Shared>, window: Arc<Window>) {
                 "window {}: fleet count unavailable ({why}); logging the local count",
                 format_utc(window.start * 1000, false)
             );
-            log_count(
-                shared,
-                window.start,
-                window.count() as u64,
-                "local",
-                Some(Partial::Store),
-            );
+            log_local(shared, &window);
             shared.spawn(report_later(Arc::clone(shared), window));
         }
     }
+}
+
+/// Logs the window's local count, as partial: the fleet's is not this instance's to give.
+fn log_local(shared: &Shared, window: &Window) {
+    let count = window.count() as u64;
+    log_count(shared, window.start, count, "local", Some(Partial::Store));
 }
 
 /// Whether this instance stands outside the fleet because its settings differ (it is not

@@ -53,6 +53,14 @@ impl Verve {
         Self::start_with_env(args, &[])
     }
 
+    /// Verve in fleet mode on `redis`, plus `args`.
+    pub fn on_redis(redis: &Redis, args: &[&str]) -> Self {
+        let url = redis.url();
+        let mut all = vec!["--redis-url", url.as_str()];
+        all.extend_from_slice(args);
+        Self::start(&all)
+    }
+
     /// Like [`Verve::start`], with extra environment variables (secrets belong there).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         Self::spawn(args, env, Stdio::inherit())
