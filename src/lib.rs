@@ -208,7 +208,9 @@ pub async fn run(
     // A fleet whose instances disagree on the key layout would count into different sets:
     // checked before serving, then kept up (a later instance may differ).
     let differ = match &store {
-        Some(store) => report::fleet::check_settings(&config, store).await,
+        Some(store) => report::fleet::check_settings(&config, store, STORE_CONNECT_TIMEOUT)
+            .await
+            .map_err(io::Error::other)?,
         None => false,
     };
     let mode = if store.is_some() { "fleet" } else { "single" };

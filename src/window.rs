@@ -574,7 +574,9 @@ impl Window {
                     Added::Yes => return Ok(()),
                     Added::No => return Err(None),
                     // Its lead's client hung up before the outcome: this request leads in
-                    // its place (a `SADD` again is harmless), or shares a newer lead's.
+                    // its place (a `SADD` again is harmless), or shares a newer lead's —
+                    // unless the cutoff passed meanwhile (no write after it).
+                    Added::Abandoned if self.is_cut() => return Err(None),
                     Added::Abandoned => continue,
                 },
                 Ok(pending) => pending,

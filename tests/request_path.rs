@@ -561,6 +561,42 @@ fn an_instance_outside_the_fleet_reports_nothing_to_it() {
     }
 }
 
+/// The start-up check waits out a Redis write stall instead of taking it for agreement
+/// (found by review: B, with another shard layout, started while writes stalled, its check
+/// timed out, and it served `ok`s under its own layout for 10 s). A stall longer than the
+/// start-up bound (3 s) stops start-up, naming `--redis-url`.
+#[test]
+fn an_instance_started_during_a_write_stall_checks_its_settings_all_the_same() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let a = Verve::on_redis(&redis, &["--window-secs", "4"]);
+    assert_eq!(a.get("/readyz").status, 200, "A is the fleet");
+    let paused = redis.cli(&["CLIENT", "PAUSE", "700", "WRITE"]);
+    assert!(paused.contains("OK"), "{paused}");
+    let b = Verve::on_redis(&redis, &["--window-secs", "4", "--redis-shards", "2"]);
+    assert_eq!(
+        b.get("/readyz").status,
+        503,
+        "B's settings differ: not ready"
+    );
+    assert_eq!(b.get("/api/verve/accept?id=1001").status, 503);
+
+    let paused = redis.cli(&["CLIENT", "PAUSE", "5000", "WRITE"]);
+    assert!(paused.contains("OK"), "{paused}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_verve"))
+        .args(["--listen", "127.0.0.1:0", "--log-file", "/dev/null"])
+        .args(["--redis-url", &redis.url(), "--window-secs", "4"])
+        .output()
+        .expect("run verve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--redis-url") && stderr.contains("settings"),
+        "{stderr}"
+    );
+}
+
 /// An instance whose settings differ does not take the fleet's announcement when Redis
 /// loses it (found by review: after an empty restart B's renewal came first, and from then
 /// on A — the fleet — was unready and refused every new id while B served). A re-announces

@@ -545,8 +545,9 @@ async fn decide_in_fleet(
                         true
                     }
                     Verdict::Failed => false,
-                    // Its lead's client hung up first: claim again (lead in its place, or share
-                    // a newer lead's registration).
+                    // Its lead's client hung up first: claim again (lead in its place, or
+                    // share a newer lead's registration) — unless the cutoff passed.
+                    Verdict::Abandoned if window.is_cut() => false,
                     Verdict::Abandoned => continue,
                 },
                 // A bound is reached only with registrations in flight: no store call, no

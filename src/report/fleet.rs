@@ -387,19 +387,31 @@ pub fn settings_fingerprint(config: &crate::config::Config) -> String {
 }
 
 /// Compares this instance's settings with the fleet's at start-up, taking the announcement
-/// if there is none (the first instance of a fleet); true (and says why) when they differ.
-/// When Redis cannot tell, false: the next renewal decides.
-pub async fn check_settings(config: &crate::config::Config, store: &Store) -> bool {
+/// if there is none (the first instance of a fleet): `Ok(true)` (and says why) when they
+/// differ. Redis must answer within `within` (a write stall longer than the Redis timeout is
+/// retried): an instance that cannot tell must not serve, since it might not belong to the
+/// fleet (found by review: one started during a stall served under another layout).
+pub async fn check_settings(
+    config: &crate::config::Config,
+    store: &Store,
+    within: Duration,
+) -> Result<bool, String> {
     let ours = settings_fingerprint(config);
-    match store.announce(&ours, SETTINGS_TTL, true).await {
-        Ok(Announced::Theirs(theirs)) => {
-            say_settings_differ(config, &ours, &theirs);
-            true
-        }
-        Ok(_) => false,
-        Err(e) => {
-            log::warn!("announcing this instance's settings failed: {e}");
-            false
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match store.announce(&ours, SETTINGS_TTL, true).await {
+            Ok(Announced::Theirs(theirs)) => {
+                say_settings_differ(config, &ours, &theirs);
+                return Ok(true);
+            }
+            Ok(_) => return Ok(false),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(format!(
+                    "--redis-url: cannot check the fleet's settings under --redis-prefix {}: {e}",
+                    config.redis_prefix
+                ));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
 }
