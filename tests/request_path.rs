@@ -597,6 +597,71 @@ fn an_instance_started_during_a_write_stall_checks_its_settings_all_the_same() {
     );
 }
 
+/// An instance measures its clock against Redis's `TIME` and exports the offset; one further
+/// off than `--max-clock-skew-ms` fences itself — not ready, 503 for every id, even one it
+/// knows — and reports nothing to the fleet (SPEC §6.3). A slow link does not fence a right
+/// clock: the round trip's whole interval must lie beyond the budget.
+#[test]
+fn an_instance_whose_clock_is_off_redis_fences_itself() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let offset = |verve: &Verve| -> f64 {
+        let body = verve.get("/metrics").body;
+        body.lines()
+            .find_map(|l| l.strip_prefix("verve_clock_offset_seconds ")?.parse().ok())
+            .unwrap_or_else(|| panic!("no verve_clock_offset_seconds in\n{body}"))
+    };
+    let near = Verve::on_redis(&redis, &["--window-secs", "4", "--clock-offset-ms", "100"]);
+    let link = common::DelayLink::start(redis.port, 200);
+    let slow = Verve::start(&[
+        "--redis-url",
+        &link.url(),
+        "--window-secs",
+        "4",
+        "--redis-timeout-ms",
+        "500",
+        "--grace-ms",
+        "1000",
+        "--clock-offset-ms",
+        "-200",
+    ]);
+    let dir = common::TempDir::new("clock");
+    let stderr = dir.0.join("stderr");
+    let far = Verve::start_with_stderr(
+        &[
+            "--redis-url",
+            &redis.url(),
+            "--window-secs",
+            "4",
+            "--clock-offset-ms",
+            "600",
+        ],
+        &[],
+        &stderr,
+    );
+    for (verve, want) in [(&near, 0.1), (&far, 0.6)] {
+        let got = offset(verve);
+        assert!((got - want).abs() < 0.05, "offset {got}, not about {want}");
+    }
+    assert!(
+        offset(&slow) < -0.2,
+        "a 200 ms link skews the estimate, not the verdict"
+    );
+    for verve in [&near, &slow] {
+        assert_eq!(verve.get("/readyz").status, 200);
+        assert_eq!(verve.get("/api/verve/accept?id=7").status, 200);
+    }
+    assert_eq!(far.get("/readyz").status, 503);
+    assert_eq!(
+        far.get("/api/verve/accept?id=7").status,
+        503,
+        "known to Redis, all the same"
+    );
+    let said = std::fs::read_to_string(&stderr).unwrap();
+    assert!(said.contains("--max-clock-skew-ms"), "{said}");
+}
+
 /// An instance whose settings differ does not take the fleet's announcement when Redis
 /// loses it (found by review: after an empty restart B's renewal came first, and from then
 /// on A — the fleet — was unready and refused every new id while B served). A re-announces
