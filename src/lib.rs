@@ -80,12 +80,6 @@ pub struct Shared {
     /// Fleet mode: set while the fleet announces settings that shape keys and windows other
     /// than ours; the instance is then not ready and counts nothing (SPEC §6.2).
     pub settings_differ: AtomicBool,
-    /// Fleet mode: set while this instance's clock is surely further from Redis's than
-    /// `--max-clock-skew-ms`; the instance is then fenced: not ready, 503 for every id, and
-    /// outside the fleet (SPEC §6.3).
-    pub clock_fenced: AtomicBool,
-    /// Fleet mode: this clock minus Redis's, as last measured (ms); `i64::MIN` before that.
-    pub clock_offset_ms: std::sync::atomic::AtomicI64,
     /// Fleet work that outlives the call that started it (window deliveries, late reports,
     /// key expiries): owned here so shutdown waits for it, reaped as it finishes.
     background: parking_lot::Mutex<JoinSet<()>>,
@@ -132,8 +126,6 @@ impl Shared {
             status: status::Status::default(),
             waiting: AtomicUsize::new(0),
             settings_differ: AtomicBool::new(false),
-            clock_fenced: AtomicBool::new(false),
-            clock_offset_ms: std::sync::atomic::AtomicI64::new(i64::MIN),
             background: parking_lot::Mutex::new(JoinSet::new()),
         })
     }
@@ -160,7 +152,6 @@ impl Shared {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
             && !self.settings_differ.load(Ordering::Acquire)
-            && !self.clock_fenced.load(Ordering::Acquire)
             && self.store.as_ref().is_none_or(Store::is_connected)
     }
 
@@ -181,8 +172,6 @@ impl Shared {
             &metrics::State {
                 window_secs: self.windows.secs() as u64,
                 redis_connected: self.store.as_ref().map(Store::is_connected),
-                clock_offset_ms: Some(self.clock_offset_ms.load(Ordering::Relaxed))
-                    .filter(|&ms| ms != i64::MIN),
             },
         )
     }
@@ -232,9 +221,6 @@ pub async fn run(
     let reporter = tokio::spawn(report::run(Arc::clone(&shared), finishing));
     let reopener = tokio::spawn(reopen_count_log_on_sighup());
     let resyncer = tokio::spawn(report::fleet::resync_on_reconnect(Arc::clone(&shared)));
-    // The clock is compared with Redis's before serving, then every few seconds.
-    report::fleet::check_clock(&shared).await;
-    let clock_watch = tokio::spawn(report::fleet::watch_clock(Arc::clone(&shared)));
     let announcer = tokio::spawn(report::fleet::announce_settings(Arc::clone(&shared)));
     let cutter = tokio::spawn(report::cut_at_cutoffs(Arc::clone(&shared)));
     if shared.store.is_none() {
@@ -296,7 +282,6 @@ pub async fn run(
     reopener.abort();
     resyncer.abort();
     announcer.abort();
-    clock_watch.abort();
     cutter.abort();
     // Connections cut at the shutdown deadline hold the shared state: dropped with their
     // lanes, so that nothing outlives `run`.

@@ -136,8 +136,6 @@ pub struct State {
     pub window_secs: u64,
     /// Fleet mode: whether the store is connected; `None` on a single node.
     pub redis_connected: Option<bool>,
-    /// Fleet mode: this clock minus Redis's (ms), once measured.
-    pub clock_offset_ms: Option<i64>,
 }
 
 /// Every counter the service exports.
@@ -250,15 +248,6 @@ impl Metrics {
                 "verve_redis_connected",
                 "1 while every Redis connection of this instance is up (fleet mode).",
                 u64::from(connected),
-            );
-        }
-        if let Some(ms) = state.clock_offset_ms {
-            let _ = writeln!(
-                out,
-                "# HELP verve_clock_offset_seconds This clock minus Redis's TIME, last measured \
-                 (fleet mode); beyond --max-clock-skew-ms the instance fences itself.\n\
-                 # TYPE verve_clock_offset_seconds gauge\nverve_clock_offset_seconds {:.3}",
-                ms as f64 / 1000.0
             );
         }
         out.push_str("# HELP verve_requests_total Accept requests by response status.\n");
@@ -480,13 +469,11 @@ mod tests {
         let state = State {
             window_secs: 60,
             redis_connected: Some(false),
-            clock_offset_ms: Some(-1250),
         };
         let text = m.render(5, 0, Some(4096), None, &state);
         assert!(text.contains("verve_window_seconds 60\n"));
         assert!(text.contains("verve_last_window_reported_timestamp_seconds 1795529161\n"));
         assert!(text.contains("verve_redis_connected 0\n"));
-        assert!(text.contains("verve_clock_offset_seconds -1.250\n"));
         assert!(text.contains("verve_requests_total{status=\"200\"} 2\n"));
         assert!(text.contains("verve_requests_total{status=\"400\"} 1\n"));
         assert!(text.contains("verve_callback_attempts_total{result=\"blocked\"} 1\n"));

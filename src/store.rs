@@ -452,19 +452,6 @@ impl Store {
         Ok(try_join_all(reads).await?.iter().sum())
     }
 
-    /// Redis's clock (`TIME`), in epoch milliseconds.
-    pub async fn time_ms(&self) -> Result<i64, StoreError> {
-        self.check()?;
-        let command =
-            fred::types::CustomCommand::new_static("TIME", fred::types::ClusterHash::Random, false);
-        let reply: Vec<String> = self.client.custom(command, Vec::<Value>::new()).await?;
-        let part = |i: usize| reply.get(i).and_then(|s| s.parse::<i64>().ok());
-        match (part(0), part(1)) {
-            (Some(secs), Some(micros)) => Ok(secs * 1000 + micros / 1000),
-            _ => Err(StoreError::Redis(format!("TIME answered {reply:?}"))),
-        }
-    }
-
     /// Announces this instance's settings that shape keys and windows (SPEC §6.2) under
     /// `<prefix>:settings`, held `ttl` and renewed by every instance that agrees. With
     /// `claim`, an absent announcement becomes ours (`SET NX`); without, it is only read (an

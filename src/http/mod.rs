@@ -378,11 +378,6 @@ fn accept(shared: &Arc<Shared>, query: &str) -> Answer {
         }
         return Answer::now(answer(shared, Outcome::Ok));
     }
-    // A clock beyond the skew budget puts requests in the wrong windows: fenced, nothing
-    // is answered `ok`, not even from memory (SPEC §6.3).
-    if shared.clock_fenced.load(Ordering::Relaxed) {
-        return Answer::now(answer(shared, Outcome::Unavailable));
-    }
     let endpoint_known = endpoint.as_ref().is_none_or(|e| window.has_endpoint(e));
     let seen = window.contains(query.id);
     if endpoint_known && seen {

@@ -115,22 +115,18 @@ fn log_local(shared: &Shared, window: &Window) {
     log_count(shared, window.start, count, "local", Some(Partial::Store));
 }
 
-/// Whether this instance stands outside the fleet because its settings differ or its clock
-/// is fenced (it is not ready): then it reads no count, takes no lease and sends nothing —
-/// its windows are not the fleet's. Says so for the window.
+/// Whether this instance stands outside the fleet because its settings differ (it is not
+/// ready): then it reads no count, takes no lease and sends nothing — its windows are not
+/// the fleet's. Says so for the window.
 fn outside_fleet(shared: &Shared, window_start: i64) -> bool {
-    let why = if shared.settings_differ.load(Ordering::Acquire) {
-        "this instance's settings differ from the fleet's"
-    } else if shared.clock_fenced.load(Ordering::Acquire) {
-        "this instance's clock is beyond --max-clock-skew-ms of Redis's"
-    } else {
-        return false;
-    };
-    log::warn!(
-        "window {}: not reported to the fleet: {why}",
-        format_utc(window_start * 1000, false)
-    );
-    true
+    let outside = shared.settings_differ.load(Ordering::Acquire);
+    if outside {
+        log::warn!(
+            "window {}: not reported to the fleet: this instance's settings differ from the fleet's",
+            format_utc(window_start * 1000, false)
+        );
+    }
+    outside
 }
 
 /// Re-adds this instance's ids if Redis may have lost them, then reads the fleet count.
@@ -475,49 +471,5 @@ pub async fn announce_settings(shared: Arc<Shared>) {
         if was && !differ {
             log::info!("the fleet's settings match this instance's now: ready");
         }
-    }
-}
-
-/// How often the clock is compared with Redis's.
-const CLOCK_CHECK: Duration = Duration::from_secs(2);
-
-/// Compares this instance's clock with Redis's `TIME` (SPEC §6.3), exports the offset and
-/// fences the instance while the offset surely exceeds `--max-clock-skew-ms`: only when the
-/// whole interval the round trip allows lies beyond it, so a slow or lopsided link cannot
-/// fence an instance whose clock is right. An unanswered check changes nothing.
-pub async fn check_clock(shared: &Shared) {
-    let Some(store) = shared.store.as_ref() else {
-        return;
-    };
-    let sent = shared.clock.now_ms();
-    let Ok(redis) = store.time_ms().await else {
-        return;
-    };
-    let answered = shared.clock.now_ms();
-    // This clock minus Redis's lies within [sent - redis, answered - redis].
-    let (low, high) = (sent - redis, answered - redis);
-    let offset = low + (high - low) / 2;
-    shared.clock_offset_ms.store(offset, Ordering::Relaxed);
-    let budget = shared.settings.max_clock_skew_ms as i64;
-    let beyond = low > budget || high < -budget;
-    let was = shared.clock_fenced.swap(beyond, Ordering::AcqRel);
-    if beyond && !was {
-        log::error!(
-            "this instance's clock is {offset} ms off Redis's, beyond --max-clock-skew-ms \
-             {budget}: fenced (not ready, 503 for every id) until it is back within"
-        );
-    } else if was && !beyond {
-        log::info!("this instance's clock is within --max-clock-skew-ms of Redis's again: ready");
-    }
-}
-
-/// Runs [`check_clock`] every [`CLOCK_CHECK`].
-pub async fn watch_clock(shared: Arc<Shared>) {
-    if shared.store.is_none() {
-        return;
-    }
-    loop {
-        tokio::time::sleep(CLOCK_CHECK).await;
-        check_clock(&shared).await;
     }
 }
