@@ -38,7 +38,7 @@ pub mod window;
 
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -80,6 +80,11 @@ pub struct Shared {
     /// Fleet mode: set while the fleet announces settings that shape keys and windows other
     /// than ours; the instance is then not ready and counts nothing (SPEC §6.2).
     pub settings_differ: AtomicBool,
+    /// Fleet mode: set while this instance is no member of the fleet (its heartbeat not
+    /// renewed in time, or its clock beyond the budget): every request is answered 503.
+    pub fenced: AtomicBool,
+    /// Fleet mode: heartbeat rounds ended so far.
+    pub beats: AtomicU64,
     /// Fleet work that outlives the call that started it (window deliveries, late reports,
     /// key expiries): owned here so shutdown waits for it, reaped as it finishes.
     background: parking_lot::Mutex<JoinSet<()>>,
@@ -112,6 +117,7 @@ impl Shared {
             windows = windows.with_cutoff(settings.cutoff_after_end_ms(), clock.now_ms());
         }
         let callbacks = Callbacks::start(settings.callback_settings(), Arc::clone(&metrics));
+        let fleet = store.is_some();
         Ok(Self {
             settings,
             clock,
@@ -126,6 +132,9 @@ impl Shared {
             status: status::Status::default(),
             waiting: AtomicUsize::new(0),
             settings_differ: AtomicBool::new(false),
+            // A fleet instance is a member only once its first heartbeat is acknowledged.
+            fenced: AtomicBool::new(fleet),
+            beats: AtomicU64::new(0),
             background: parking_lot::Mutex::new(JoinSet::new()),
         })
     }
@@ -148,10 +157,12 @@ impl Shared {
         }
     }
 
-    /// Ready to serve: not shutting down and, in fleet mode, connected to the store.
+    /// Ready to serve: not shutting down and, in fleet mode, a member of the fleet,
+    /// connected to the store.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
             && !self.settings_differ.load(Ordering::Acquire)
+            && !self.fenced.load(Ordering::Acquire)
             && self.store.as_ref().is_none_or(Store::is_connected)
     }
 
@@ -172,10 +183,14 @@ impl Shared {
             &metrics::State {
                 window_secs: self.windows.secs() as u64,
                 redis_connected: self.store.as_ref().map(Store::is_connected),
+                fenced: self.fenced.load(Ordering::Relaxed),
             },
         )
     }
 }
+
+/// Longest that shutdown spends marking its windows drained and leaving the fleet.
+const LEAVE_WITHIN: Duration = Duration::from_secs(1);
 
 /// How long start-up waits for the first Redis connection.
 const STORE_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -220,7 +235,12 @@ pub async fn run(
     let (finish, finishing) = watch::channel(false);
     let reporter = tokio::spawn(report::run(Arc::clone(&shared), finishing));
     let reopener = tokio::spawn(reopen_count_log_on_sighup());
-    let resyncer = tokio::spawn(report::fleet::resync_on_reconnect(Arc::clone(&shared)));
+    let resyncer = tokio::spawn(report::fleet::resync_on_new_generation(Arc::clone(&shared)));
+    let heartbeat = tokio::spawn(report::members::run(Arc::clone(&shared)));
+    if shared.store.is_some() {
+        // Ready only once a member: the first heartbeat's answer tells.
+        report::members::first_beat(&shared, STORE_CONNECT_TIMEOUT).await;
+    }
     let announcer = tokio::spawn(report::fleet::announce_settings(Arc::clone(&shared)));
     let cutter = tokio::spawn(report::cut_at_cutoffs(Arc::clone(&shared)));
     if shared.store.is_none() {
@@ -256,6 +276,8 @@ pub async fn run(
         log::error!("reporter failed: {e}");
     }
     let until = Instant::now() + deadline;
+    heartbeat.abort();
+    report::members::leave(&shared, LEAVE_WITHIN.min(deadline)).await;
     shared.finish_background(until).await;
     shared
         .callbacks

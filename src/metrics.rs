@@ -6,7 +6,7 @@
 
 use std::cell::Cell;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 
 /// Stripes per counter; threads map onto them round-robin.
 const STRIPES: usize = 16;
@@ -136,6 +136,8 @@ pub struct State {
     pub window_secs: u64,
     /// Fleet mode: whether the store is connected; `None` on a single node.
     pub redis_connected: Option<bool>,
+    /// Fleet mode: whether the instance is fenced.
+    pub fenced: bool,
 }
 
 /// Every counter the service exports.
@@ -176,6 +178,17 @@ pub struct Metrics {
     pub last_window_reported_at: AtomicU64,
     /// Fleet mode: windows whose fleet report was given up at its deadline.
     pub fleet_reports_abandoned: AtomicU64,
+    /// Fleet mode: this instance's clock offset from Redis's `TIME` (Redis minus ours), µs,
+    /// from the last acknowledged heartbeat.
+    pub clock_offset_us: AtomicI64,
+    /// Fleet mode: heartbeats acknowledged, and those that failed.
+    pub heartbeats: AtomicU64,
+    pub heartbeat_failures: AtomicU64,
+    /// Fleet mode: times this instance fenced itself (no heartbeat, or its clock).
+    pub fences: AtomicU64,
+    /// Fleet mode: windows whose count this instance fixed without every member's mark (the
+    /// barrier's bound ran out).
+    pub barrier_timeouts: AtomicU64,
     /// Stream records acknowledged by Kafka.
     pub stream_sent: AtomicU64,
     /// Stream records given up: buffer full, or a permanent delivery error.
@@ -248,6 +261,47 @@ impl Metrics {
                 "verve_redis_connected",
                 "1 while every Redis connection of this instance is up (fleet mode).",
                 u64::from(connected),
+            );
+            scalar(
+                &mut out,
+                "gauge",
+                "verve_fenced",
+                "1 while this instance is no member of the fleet and answers 503 (no heartbeat, or its clock).",
+                u64::from(state.fenced),
+            );
+            let offset = self.clock_offset_us.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(
+                out,
+                "# HELP verve_clock_offset_seconds Redis's clock minus this instance's, at the last heartbeat.\n\
+                 # TYPE verve_clock_offset_seconds gauge\nverve_clock_offset_seconds {offset}"
+            );
+            scalar(
+                &mut out,
+                "counter",
+                "verve_heartbeats_total",
+                "Heartbeats Redis acknowledged.",
+                load(&self.heartbeats),
+            );
+            scalar(
+                &mut out,
+                "counter",
+                "verve_heartbeat_failures_total",
+                "Heartbeats that failed.",
+                load(&self.heartbeat_failures),
+            );
+            scalar(
+                &mut out,
+                "counter",
+                "verve_fences_total",
+                "Times this instance fenced itself.",
+                load(&self.fences),
+            );
+            scalar(
+                &mut out,
+                "counter",
+                "verve_barrier_timeouts_total",
+                "Windows whose count was fixed without every member's drained mark (the barrier's bound ran out).",
+                load(&self.barrier_timeouts),
             );
         }
         out.push_str("# HELP verve_requests_total Accept requests by response status.\n");
@@ -469,6 +523,7 @@ mod tests {
         let state = State {
             window_secs: 60,
             redis_connected: Some(false),
+            fenced: true,
         };
         let text = m.render(5, 0, Some(4096), None, &state);
         assert!(text.contains("verve_window_seconds 60\n"));

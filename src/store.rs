@@ -79,6 +79,77 @@ static ADD_IDS_SHA: LazyLock<Str> = LazyLock::new(|| {
     Str::from(hex)
 });
 
+/// The generation of the node a script runs on: its `run_id`.
+const RUN_ID: &str = r"
+return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+";
+
+/// Renews (or, with ARGV[3] = 0, withdraws) an instance's heartbeat in the fleet's members
+/// (KEYS[1], a sorted set scored by each member's expiry on Redis's clock, ms), dropping
+/// the expired. ARGV: the instance, the TTL (ms), 1 to join. Answers Redis's clock (seconds,
+/// microseconds), its `run_id` and its uptime (s): one round trip measures the clock and the
+/// generation.
+const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], ttl * 10)
+else
+  redis.call('ZREM', KEYS[1], ARGV[1])
+end
+local info = redis.call('INFO', 'server')
+return {t[1], t[2], string.match(info, 'run_id:(%x+)'), tonumber(string.match(info, 'uptime_in_seconds:(%d+)'))}
+";
+
+/// The live members (KEYS[1]; see [`HEARTBEAT`]), by Redis's clock.
+const MEMBERS: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+";
+
+/// Marks a window drained by an instance (KEYS[1], a hash: instance → the generation its ids
+/// are in), with the hash's expiry. ARGV: the instance, the generation, the expiry (epoch s).
+const MARK: &str = r"
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIREAT', KEYS[1], ARGV[3])
+";
+
+/// Fixes a window's count once (KEYS[1]): `SET NX GET`, so a racing leader (or a re-publish
+/// after an empty restart) adopts the stored value; refused while Redis's clock stands before
+/// the window's end + grace (ARGV[2], ms), so an instance whose clock leapt ahead cannot fix
+/// a window still counting. ARGV: the count, that instant, the key's expiry (epoch s).
+/// Answers {count, connected replicas}, or {-1, 0} when too early.
+const FIX: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if now < tonumber(ARGV[2]) then
+  return {-1, 0}
+end
+local old = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET', 'EXAT', ARGV[3])
+local replicas = string.match(redis.call('INFO', 'replication'), 'connected_slaves:(%d+)')
+return {tonumber(old or ARGV[1]), tonumber(replicas or '0')}
+";
+
+/// Takes a window's lease (KEYS[1]) if no one holds it and ARGV[3] is 1, or renews it if
+/// this instance (ARGV[1]) holds it, for ARGV[2] ms: compare-and-expire in one step, so no
+/// instance ever extends another's lease. Answers 1 when this instance holds it.
+const LEAD: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if not holder and ARGV[3] == '1' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+
 /// Registers an endpoint for a window within the fleet's bounds, atomically, so the first
 /// endpoints registered anywhere in the fleet are the ones kept (SPEC §6.1 I-endpoint).
 /// KEYS[1]: the window's endpoint set; KEYS[2]: its endpoints per domain (a hash keyed by
@@ -190,8 +261,42 @@ pub struct Store {
     epoch: Arc<watch::Sender<u64>>,
     /// Follow reconnections into `epoch`; stopped with the store.
     epoch_tasks: Vec<tokio::task::JoinHandle<()>>,
-    /// This instance's name in leader leases.
+    /// This instance's name in leader leases, membership and marks.
     instance: String,
+    /// The generation of Redis this instance last saw (SPEC §6.3), from the heartbeat.
+    generation: watch::Sender<Generation>,
+    cluster: bool,
+}
+
+/// Which run of Redis the fleet's keys live in: the masters' `run_id`s (one, or a sorted
+/// vector in a cluster), which change with every restart and failover — unlike a key (kept
+/// by a failover that lost acknowledged writes) or a counter (1 again after an empty
+/// restart). `seq` counts the changes this instance has seen; windows are tagged with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation {
+    pub seq: u64,
+    pub id: Arc<str>,
+    /// When this instance saw it first (start-up counts as a change: it cannot tell).
+    pub since: tokio::time::Instant,
+}
+
+/// One acknowledged heartbeat: Redis's clock when it ran, and the generation it ran in.
+#[derive(Debug, Clone)]
+pub struct Beat {
+    pub redis_ms: i64,
+    pub generation: String,
+    /// How long the master holding the members has been up.
+    pub up_for: Duration,
+}
+
+/// A window's count as the fleet fixed it ([`Store::fix`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fixed {
+    /// The window's one count (ours, or the one stored first), and the replicas the master
+    /// had connected when it was stored.
+    Count { count: u64, replicas: u64 },
+    /// Redis's clock stands before the window's end + grace: no count can be fixed yet.
+    TooEarly,
 }
 
 /// A lane's connection for writing ids and the batcher that groups its ids into rounds.
@@ -287,6 +392,12 @@ impl Store {
             epoch,
             epoch_tasks,
             instance,
+            generation: watch::Sender::new(Generation {
+                seq: 0,
+                id: Arc::from(""),
+                since: tokio::time::Instant::now(),
+            }),
+            cluster: settings.cluster,
         })
     }
 
@@ -492,30 +603,211 @@ impl Store {
         }
     }
 
-    /// Tries to take (or renew, if ours) the window's leader lease.
-    pub async fn lead(&self, window_start: i64, lease: Duration) -> Result<bool, StoreError> {
+    /// Takes (when `take`) or renews the window's leader lease, for `lease`: whether this
+    /// instance holds it now. Renewal compares and expires in one script ([`LEAD`]).
+    pub async fn lead(
+        &self,
+        window_start: i64,
+        lease: Duration,
+        take: bool,
+    ) -> Result<bool, StoreError> {
         self.check()?;
         let key = self.window_key(window_start, "leader");
-        let secs = lease.as_secs().max(1) as i64;
-        let taken: Option<String> = self
+        let args: Vec<Value> = vec![
+            self.instance.as_str().into(),
+            (lease.as_millis().max(1) as i64).into(),
+            i64::from(take).into(),
+        ];
+        let held: i64 = self.client.eval(LEAD, key, args).await?;
+        Ok(held == 1)
+    }
+
+    /// This instance's name in the fleet's members and marks.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The generation this instance last saw.
+    pub fn generation(&self) -> Generation {
+        self.generation.borrow().clone()
+    }
+
+    /// Follows the generation: changes whenever this instance sees Redis's change.
+    pub fn generations(&self) -> watch::Receiver<Generation> {
+        self.generation.subscribe()
+    }
+
+    /// Records the generation a heartbeat (or a read) found, Redis having been up for
+    /// `up_for`: whether it differs from the last one seen. The first one seen is not a
+    /// change, but it is taken as seen since Redis started, if that was recently.
+    pub fn observe_generation(&self, id: &str, up_for: Duration) -> bool {
+        let now = tokio::time::Instant::now();
+        self.generation.send_if_modified(|seen| {
+            if &*seen.id == id {
+                return false;
+            }
+            if seen.id.is_empty() {
+                // When Redis started, as this instance's monotonic clock reads it.
+                let up_for = up_for.min(Duration::from_secs(3600));
+                seen.since = now.checked_sub(up_for).unwrap_or(seen.since);
+            } else {
+                seen.seq += 1;
+                seen.since = now;
+            }
+            seen.id = Arc::from(id);
+            true
+        }) && self.generation.borrow().seq > 0
+    }
+
+    /// Reads the generation from Redis now: the `run_id` of the master (every master's,
+    /// sorted, in a cluster).
+    pub async fn read_generation(&self) -> Result<String, StoreError> {
+        self.check()?;
+        if !self.cluster {
+            let id: String = self.client.eval(RUN_ID, Vec::<Key>::new(), ()).await?;
+            return Ok(id);
+        }
+        let primaries = self
             .client
-            .set(
-                &key,
-                self.instance.as_str(),
-                Some(Expiration::EX(secs)),
-                Some(SetOptions::NX),
-                false,
-            )
+            .cached_cluster_state()
+            .map(|state| state.unique_primary_nodes())
+            .unwrap_or_default();
+        if primaries.is_empty() {
+            return Err(StoreError::Unavailable);
+        }
+        let reads = primaries.into_iter().map(|server| async move {
+            self.client
+                .with_cluster_node(server)
+                .eval::<String, _, _, _>(RUN_ID, Vec::<Key>::new(), ())
+                .await
+        });
+        let mut ids = try_join_all(reads).await?;
+        ids.sort();
+        Ok(ids.join(","))
+    }
+
+    fn members_key(&self) -> String {
+        format!("{}:members", self.prefix)
+    }
+
+    /// Renews this instance's heartbeat (`join`), or withdraws it, for `ttl`; answers
+    /// Redis's clock and the generation (read again from every master in a cluster).
+    pub async fn heartbeat(&self, ttl: Duration, join: bool) -> Result<Beat, StoreError> {
+        self.check()?;
+        let args: Vec<Value> = vec![
+            self.instance.as_str().into(),
+            (ttl.as_millis().max(1) as i64).into(),
+            i64::from(join).into(),
+        ];
+        let (secs, micros, run_id, uptime): (i64, i64, String, i64) = self
+            .client
+            .eval(HEARTBEAT, self.members_key(), args)
             .await?;
-        if taken.is_some() {
-            return Ok(true);
-        }
-        let holder: Option<String> = self.client.get(&key).await?;
-        if holder.as_deref() == Some(self.instance.as_str()) {
-            let _: i64 = self.client.expire(&key, secs, None).await?;
-            return Ok(true);
-        }
-        Ok(false)
+        let generation = if self.cluster {
+            self.read_generation().await?
+        } else {
+            run_id
+        };
+        Ok(Beat {
+            redis_ms: secs * 1000 + micros / 1000,
+            generation,
+            up_for: Duration::from_secs(uptime.max(0) as u64),
+        })
+    }
+
+    /// The fleet's live members, by Redis's clock.
+    pub async fn members(&self) -> Result<Vec<String>, StoreError> {
+        self.check()?;
+        Ok(self
+            .client
+            .eval(MEMBERS, self.members_key(), Vec::<Value>::new())
+            .await?)
+    }
+
+    /// Marks the window drained by this instance, its ids in `generation`.
+    pub async fn mark(
+        &self,
+        window_start: i64,
+        generation: &str,
+        expire_at: i64,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        let args: Vec<Value> = vec![
+            self.instance.as_str().into(),
+            generation.into(),
+            expire_at.into(),
+        ];
+        let _: () = self
+            .client
+            .eval(MARK, self.window_key(window_start, "marks"), args)
+            .await?;
+        Ok(())
+    }
+
+    /// The window's drained marks: instance → generation.
+    pub async fn marks(&self, window_start: i64) -> Result<HashMap<String, String>, StoreError> {
+        self.check()?;
+        Ok(self
+            .client
+            .hgetall(self.window_key(window_start, "marks"))
+            .await?)
+    }
+
+    /// Fixes the window's count to `count` unless one is fixed already ([`FIX`]); refused
+    /// while Redis's clock stands before `not_before_ms`.
+    pub async fn fix(
+        &self,
+        window_start: i64,
+        count: u64,
+        not_before_ms: i64,
+        expire_at: i64,
+    ) -> Result<Fixed, StoreError> {
+        self.check()?;
+        let args: Vec<Value> = vec![
+            (count as i64).into(),
+            not_before_ms.into(),
+            expire_at.into(),
+        ];
+        let (count, replicas): (i64, i64) = self
+            .client
+            .eval(FIX, self.window_key(window_start, "count"), args)
+            .await?;
+        Ok(match u64::try_from(count) {
+            Ok(count) => Fixed::Count {
+                count,
+                replicas: replicas.max(0) as u64,
+            },
+            Err(_) => Fixed::TooEarly,
+        })
+    }
+
+    /// The window's fixed count, if one is.
+    pub async fn fixed(&self, window_start: i64) -> Result<Option<u64>, StoreError> {
+        self.check()?;
+        Ok(self
+            .client
+            .get(self.window_key(window_start, "count"))
+            .await?)
+    }
+
+    /// Waits (at most `timeout`) until `replicas` replicas hold the window's count: `WAIT`
+    /// on the master that holds it. Answers how many acknowledged.
+    pub async fn replicate(
+        &self,
+        window_start: i64,
+        replicas: u64,
+        timeout: Duration,
+    ) -> Result<u64, StoreError> {
+        self.check()?;
+        let key = self.window_key(window_start, "count");
+        let slot = fred::types::cluster::ClusterRouting::hash_key(key.as_bytes());
+        let wait = fred::types::CustomCommand::new_static("WAIT", Some(slot), false);
+        let args: Vec<Value> = vec![
+            (replicas as i64).into(),
+            (timeout.as_millis() as i64).into(),
+        ];
+        let acked: i64 = self.client.custom(wait, args).await?;
+        Ok(acked.max(0) as u64)
     }
 
     /// Marks the window's fleet report as delivered (one `SET … EXAT`: the mark never

@@ -25,7 +25,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 /// The instance logged the window with this fleet count.
 fn assert_fleet_count(verve: &Verve, window: i64, count: u64) {
-    let line = verve.wait_window(window, Duration::from_secs(12));
+    let line = verve.wait_fleet_window(window, Duration::from_secs(12));
     assert_eq!(
         (line.count(), line.get("scope")),
         (count, "fleet"),

@@ -242,7 +242,6 @@ fn no_ok_comes_after_another_instance_read_the_count() {
 /// and reads before B's re-add lands (it logs and POSTs 1): only a barrier that waits for
 /// every member's re-add (issue 15) keeps the promise.
 #[test]
-#[ignore = "needs the window barrier of issue 15: the leader reads before B's re-add lands"]
 fn a_redis_restart_in_the_grace_loses_no_instances_ids() {
     let Some(mut redis) = Redis::start() else {
         return;
@@ -289,7 +288,7 @@ fn a_redis_restart_in_the_grace_loses_no_instances_ids() {
     ));
     redis.restart();
     for (name, verve) in [("A", &a), ("B", &b)] {
-        let line = verve.wait_window(window, Duration::from_secs(15));
+        let line = verve.wait_fleet_window(window, Duration::from_secs(15));
         assert_eq!(
             (line.get("scope"), line.count()),
             ("fleet", 3),

@@ -378,6 +378,11 @@ fn accept(shared: &Arc<Shared>, query: &str) -> Answer {
         }
         return Answer::now(answer(shared, Outcome::Ok));
     }
+    if shared.fenced.load(Ordering::Relaxed) {
+        // No member of the fleet: the fleet may fix a count without waiting for us, so not
+        // even an id this window holds already is answered `ok` (SPEC §6.3).
+        return Answer::now(answer(shared, Outcome::Unavailable));
+    }
     let endpoint_known = endpoint.as_ref().is_none_or(|e| window.has_endpoint(e));
     let seen = window.contains(query.id);
     if endpoint_known && seen {

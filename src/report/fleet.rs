@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::{Partial, log_count, publish};
+use super::{Partial, log_count, post, stream_record};
 use crate::Shared;
 use crate::config::Config;
 use crate::http::query::{Endpoint, EndpointBuf};
-use crate::store::{Announced, EndpointCaps, Store, StoreError};
+use crate::store::{Announced, EndpointCaps, Fixed, Generation, Store, StoreError};
 use crate::window::{Window, format_utc};
 
 /// How long a leader's lease lasts without renewal; a dead leader is replaced after this.
@@ -26,9 +26,6 @@ const EXPIRY_MARGIN_SECS: i64 = 30;
 
 /// Pause between tries while Redis is unreachable.
 const RETRY: Duration = Duration::from_millis(500);
-
-/// Longest that re-adding waits after a reconnection for the instance's other connections.
-const RECONNECT_SETTLE: Duration = Duration::from_secs(1);
 
 /// Seconds after a window's start at which its keys expire: about two windows and the
 /// grace, plus a margin for a late fleet report. The store's batcher adds it to every
@@ -72,11 +69,28 @@ fn read_timeout(shared: &Shared) -> Duration {
     redis.min(half_window)
 }
 
-/// Reports a final window in fleet mode.
+/// Pause between the steps of closing a window (marks awaited, a count not yet fixed).
+const STEP: Duration = Duration::from_millis(50);
+
+/// Longest the leader waits for the members' drained marks, from its snapshot of the members;
+/// then it counts without the missing ones (a member that heartbeats but never marks is
+/// stuck), and says so.
+const BARRIER_LIMIT: Duration = Duration::from_secs(5);
+
+/// Endpoints handed to the callback pool at once by a leader, which checks its lease before
+/// each such batch.
+const DELIVERY_BATCH: usize = 256;
+
+/// Longest the leader waits for the replicas to hold the count before it delivers.
+const REPLICATION_WAIT: Duration = Duration::from_secs(1);
+
+/// Reports a final window in fleet mode: closes it in the background (see [`close`]) and
+/// waits for its fleet count a short while; if the count is not fixed by then, logs the
+/// local count as partial, and the fleet's line follows once it is.
 pub async fn report(shared: &Arc<Shared>, window: Arc<Window>) {
-    let Some(store) = shared.store.as_ref() else {
+    if shared.store.is_none() {
         return;
-    };
+    }
     if outside_fleet(shared, window.start) {
         log_local(shared, &window);
         return;
@@ -89,23 +103,28 @@ pub async fn report(shared: &Arc<Shared>, window: Arc<Window>) {
             log::warn!("window {start}: re-applying its keys' expiry failed: {e}");
         }
     });
-    match tokio::time::timeout(read_timeout(shared), fleet_count(shared, store, &window)).await {
-        Ok(Ok(count)) => {
-            log_count(shared, window.start, count, "fleet", None);
-            shared.spawn(deliver(Arc::clone(shared), window.start, count));
-        }
-        outcome => {
-            let why = match outcome {
-                Ok(Err(e)) => e.to_string(),
-                _ => "timed out".to_string(),
-            };
-            log::warn!(
-                "window {}: fleet count unavailable ({why}); logging the local count",
-                format_utc(window.start * 1000, false)
-            );
-            log_local(shared, &window);
-            shared.spawn(report_later(Arc::clone(shared), window));
-        }
+    let line = Arc::new(parking_lot::Mutex::new(Line::None));
+    let (fixed, on_time) = tokio::sync::oneshot::channel();
+    shared.spawn(close(
+        Arc::clone(shared),
+        Arc::clone(&window),
+        Arc::clone(&line),
+        fixed,
+    ));
+    if tokio::time::timeout(read_timeout(shared), on_time)
+        .await
+        .is_ok_and(|sent| sent.is_ok())
+    {
+        return;
+    }
+    let mut line = line.lock();
+    if *line == Line::None {
+        log::warn!(
+            "window {}: fleet count not fixed in time; logging the local count",
+            format_utc(window.start * 1000, false)
+        );
+        log_local(shared, &window);
+        *line = Line::Partial;
     }
 }
 
@@ -129,23 +148,223 @@ fn outside_fleet(shared: &Shared, window_start: i64) -> bool {
     outside
 }
 
-/// Re-adds this instance's ids if Redis may have lost them, then reads the fleet count.
-async fn fleet_count(shared: &Shared, store: &Store, window: &Window) -> Result<u64, StoreError> {
-    let lost = window.epoch != store.epoch()
-        || store
-            .any_missing(window.start, &window.touched_shards())
-            .await?;
-    if lost {
-        resync(shared, store, window).await?;
+/// Which line a window has in this instance's count log so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Line {
+    None,
+    /// `scope=local partial=true reason=store`: the fleet count was late.
+    Partial,
+    /// `scope=fleet`, its one fixed count.
+    Fleet,
+}
+
+/// Closes a window: finds (or, as the leader, fixes) its one fleet count, logs it, then
+/// delivers it ([`deliver`]). Gives up, saying so, at the report deadline.
+async fn close(
+    shared: Arc<Shared>,
+    window: Arc<Window>,
+    line: Arc<parking_lot::Mutex<Line>>,
+    fixed: tokio::sync::oneshot::Sender<()>,
+) {
+    let Some(store) = shared.store.as_ref() else {
+        return;
+    };
+    let start = window.start;
+    let mut closing = Closing::new(window);
+    let count = loop {
+        if past_deadline(&shared, start, "its count was never fixed")
+            || outside_fleet(&shared, start)
+        {
+            return;
+        }
+        match closing.step(&shared, store).await {
+            Ok(Some(count)) => break count,
+            Ok(None) => {}
+            Err(e) => log::debug!("window {start}: closing: {e}"),
+        }
+        tokio::time::sleep(STEP).await;
+    };
+    {
+        let mut line = line.lock();
+        if *line == Line::Partial {
+            log::warn!(
+                "window {}: fleet count {count} fixed late; logging it",
+                format_utc(start * 1000, false)
+            );
+        }
+        log_count(&shared, start, count, "fleet", None);
+        *line = Line::Fleet;
     }
-    store.count(window.start).await
+    let _ = fixed.send(());
+    let published = closing.published;
+    // The ids are no longer needed once the count is fixed; the endpoints are, until the
+    // window is delivered (Redis may lose them).
+    let endpoints = endpoint_sites(&closing.window);
+    drop(closing);
+    deliver(shared, start, count, published, endpoints).await;
+}
+
+/// What this instance has done so far to close one window.
+struct Closing {
+    window: Arc<Window>,
+    /// The generation (seq) this instance re-added the window's ids for, after its drain.
+    readded: Option<u64>,
+    /// The generation (id) its drained mark says.
+    marked: Option<Arc<str>>,
+    /// The generation (seq) in which this instance knows the fixed count to be stored.
+    published: u64,
+    /// The leader's snapshot of the members, taken after the cutoff, in one generation.
+    snapshot: Option<Snapshot>,
+    /// Whether the barrier's bound ran out already (said once).
+    timed_out: bool,
+}
+
+struct Snapshot {
+    seq: u64,
+    members: Vec<String>,
+    taken: tokio::time::Instant,
+}
+
+impl Closing {
+    fn new(window: Arc<Window>) -> Self {
+        Self {
+            window,
+            readded: None,
+            marked: None,
+            published: 0,
+            snapshot: None,
+            timed_out: false,
+        }
+    }
+
+    /// One step of the window barrier (SPEC §6.3), for the generation as seen now:
+    /// re-add the window's ids if Redis is in a generation they may not be in, mark the
+    /// window drained in it, adopt the count if one is fixed, else try to lead and fix it.
+    /// `Ok(None)`: not yet.
+    async fn step(&mut self, shared: &Shared, store: &Store) -> Result<Option<u64>, StoreError> {
+        let generation = store.generation();
+        let start = self.window.start;
+        let expiry = expire_at(shared, start);
+        if self.window.epoch != generation.seq && self.readded != Some(generation.seq) {
+            resync(shared, store, &self.window).await?;
+            self.readded = Some(generation.seq);
+        }
+        if self.marked.as_ref() != Some(&generation.id) {
+            store.mark(start, &generation.id, expiry).await?;
+            self.marked = Some(Arc::clone(&generation.id));
+        }
+        if let Some(count) = store.fixed(start).await? {
+            self.published = generation.seq;
+            return Ok(Some(count));
+        }
+        if !store.lead(start, LEASE, may_take_over(&generation)).await? {
+            return Ok(None);
+        }
+        self.lead(shared, store, &generation).await
+    }
+
+    /// The leader's part: waits for every member's drained mark in the current generation
+    /// (bounded), then sums the shard sets within one generation and fixes the count.
+    async fn lead(
+        &mut self,
+        shared: &Shared,
+        store: &Store,
+        generation: &Generation,
+    ) -> Result<Option<u64>, StoreError> {
+        let start = self.window.start;
+        // Every live member renews its heartbeat within a TTL of a new generation: only
+        // then does the new Redis know them all.
+        if generation.since.elapsed() < super::members::HEARTBEAT_TTL {
+            return Ok(None);
+        }
+        if self.snapshot.as_ref().is_none_or(|s| s.seq != generation.seq) {
+            self.snapshot = Some(Snapshot {
+                seq: generation.seq,
+                members: store.members().await?,
+                taken: tokio::time::Instant::now(),
+            });
+        }
+        let Some(snapshot) = &self.snapshot else {
+            return Ok(None);
+        };
+        let alive: std::collections::HashSet<String> = store.members().await?.into_iter().collect();
+        let marks = store.marks(start).await?;
+        let missing: Vec<&String> = snapshot
+            .members
+            .iter()
+            .filter(|m| alive.contains(*m))
+            .filter(|m| marks.get(*m).map(String::as_str) != Some(&*generation.id))
+            .collect();
+        if !missing.is_empty() {
+            if snapshot.taken.elapsed() < BARRIER_LIMIT {
+                return Ok(None);
+            }
+            if !self.timed_out {
+                self.timed_out = true;
+                shared
+                    .metrics
+                    .barrier_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "window {}: {} members did not mark it drained within {} s; counting without their marks",
+                    format_utc(start * 1000, false),
+                    missing.len(),
+                    BARRIER_LIMIT.as_secs()
+                );
+            }
+        }
+        // The sum is the fleet's only if the shard sets stayed in one generation throughout.
+        let before = store.read_generation().await?;
+        if before != *generation.id {
+            return Ok(None);
+        }
+        let count = store.count(start).await?;
+        if store.read_generation().await? != before {
+            return Ok(None);
+        }
+        let not_before_ms =
+            (start + shared.windows.secs()) * 1000 + shared.settings.grace_ms as i64;
+        match store
+            .fix(start, count, not_before_ms, expire_at(shared, start))
+            .await?
+        {
+            Fixed::TooEarly => Ok(None),
+            Fixed::Count { count, replicas } => {
+                if replicas > 0 {
+                    let acked = store
+                        .replicate(start, replicas, REPLICATION_WAIT)
+                        .await
+                        .unwrap_or(0);
+                    if acked < replicas {
+                        log::warn!(
+                            "window {}: {acked} of {replicas} replicas hold its count after {} ms; delivering",
+                            format_utc(start * 1000, false),
+                            REPLICATION_WAIT.as_millis()
+                        );
+                    }
+                }
+                self.published = generation.seq;
+                Ok(Some(count))
+            }
+        }
+    }
+}
+
+/// Whether this instance may take over a lease nobody holds: not within a lease of a new
+/// generation, whose Redis lost the leases — their holders renew them first.
+fn may_take_over(generation: &Generation) -> bool {
+    generation.since.elapsed() >= LEASE
 }
 
 /// Re-adds a window's ids and endpoints to the store, the endpoints within the bounds as at
 /// registration (so those registered first elsewhere keep their places).
-async fn resync(shared: &Shared, store: &Store, window: &Window) -> Result<(), StoreError> {
-    let ids = window.ids();
-    let endpoints: Vec<(Box<str>, String)> = window
+pub async fn resync(shared: &Shared, store: &Store, window: &Window) -> Result<(), StoreError> {
+    readd(shared, store, window.start, &window.ids(), &endpoint_sites(window)).await
+}
+
+/// The window's endpoints, each with its site (what the fleet's bounds count).
+fn endpoint_sites(window: &Window) -> Vec<(Box<str>, String)> {
+    window
         .endpoints()
         .into_iter()
         .filter_map(|url| {
@@ -156,30 +375,41 @@ async fn resync(shared: &Shared, store: &Store, window: &Window) -> Result<(), S
                 .to_string();
             Some((url, site))
         })
-        .collect();
+        .collect()
+}
+
+/// Re-adds ids and endpoints of a window (see [`resync`]).
+async fn readd(
+    shared: &Shared,
+    store: &Store,
+    start: i64,
+    ids: &[i64],
+    endpoints: &[(Box<str>, String)],
+) -> Result<(), StoreError> {
     if ids.is_empty() && endpoints.is_empty() {
         return Ok(());
     }
     let refused = store
         .readd(
-            window.start,
-            &ids,
-            &endpoints,
+            start,
+            ids,
+            endpoints,
             endpoint_caps(shared),
-            expire_at(shared, window.start),
+            expire_at(shared, start),
         )
         .await?;
     shared.metrics.resyncs.fetch_add(1, Ordering::Relaxed);
     log::info!(
-        "re-added {} ids of window {} to Redis",
+        "re-added {} ids and {} endpoints of window {} to Redis",
         ids.len(),
-        format_utc(window.start * 1000, false)
+        endpoints.len(),
+        format_utc(start * 1000, false)
     );
     if refused > 0 {
         // Redis lost the window and others registered endpoints before these came back.
         log::warn!(
             "window {}: {refused} of this instance's endpoints no longer fit the fleet's bounds when re-added; they are not called",
-            format_utc(window.start * 1000, false)
+            format_utc(start * 1000, false)
         );
     }
     Ok(())
@@ -193,25 +423,23 @@ pub fn endpoint_caps(shared: &Shared) -> EndpointCaps {
     }
 }
 
-/// After the store reconnects (it may have restarted empty), re-adds the open windows' ids
-/// at once, so that every instance's ids are back before any instance reads a count.
-pub async fn resync_on_reconnect(shared: Arc<Shared>) {
+/// After Redis is in a new generation (it may have restarted empty), re-adds the open windows'
+/// ids at once, so that every instance's ids are back soon; each window is re-added again
+/// when it closes (an id acknowledged by the old Redis may have entered it since).
+pub async fn resync_on_new_generation(shared: Arc<Shared>) {
     let Some(store) = shared.store.as_ref() else {
         return;
     };
-    let mut reconnects = store.reconnections();
+    let mut generations = store.generations();
     loop {
-        if reconnects.changed().await.is_err() {
+        if generations.changed().await.is_err() {
             return;
         }
-        // Every connection (one per lane, and the bookkeeping one) comes back soon after the
-        // others: one re-add for all of them, once they are up (or the wait is over).
-        let settled = tokio::time::Instant::now() + RECONNECT_SETTLE;
-        while !store.is_connected() && tokio::time::Instant::now() < settled {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        reconnects.borrow_and_update();
+        let seq = generations.borrow_and_update().seq;
         for window in shared.windows.open() {
+            if window.epoch == seq {
+                continue;
+            }
             for _ in 0..5 {
                 match resync(&shared, store, &window).await {
                     Ok(()) => break,
@@ -225,44 +453,53 @@ pub async fn resync_on_reconnect(shared: Arc<Shared>) {
     }
 }
 
-/// Retries a window's fleet report while Redis is unreachable, up to its deadline.
-async fn report_later(shared: Arc<Shared>, window: Arc<Window>) {
-    let Some(store) = shared.store.as_ref() else {
-        return;
-    };
-    let start = window.start;
-    let shown = format_utc(start * 1000, false);
-    loop {
-        tokio::time::sleep(RETRY).await;
-        if past_deadline(&shared, start, "Redis unreachable until then")
-            || outside_fleet(&shared, start)
-        {
-            return;
-        }
-        let read =
-            tokio::time::timeout(read_timeout(&shared), fleet_count(&shared, store, &window)).await;
-        if let Ok(Ok(count)) = read {
-            log::warn!("window {shown}: fleet count {count} read late; sending its fleet report");
-            drop(window);
-            deliver(shared, start, count).await;
-            return;
-        }
-    }
-}
-
-/// Sends the window's callbacks if this instance wins (or inherits) the lease; otherwise
-/// waits for the leader's done mark, taking over if the lease lapses first.
-async fn deliver(shared: Arc<Shared>, start: i64, count: u64) {
+/// Delivers the window's fixed count: if this instance wins (or inherits) the lease, sends
+/// the stream record and the callbacks, checking the lease before each batch, and marks the
+/// window done; otherwise waits for the done mark, taking over if the lease lapses first.
+/// Meanwhile, in every new generation of Redis, it stores its endpoints and the count again
+/// (and its mark), so that an empty restart can neither lose them nor give the window a
+/// second number.
+async fn deliver(
+    shared: Arc<Shared>,
+    start: i64,
+    count: u64,
+    mut published: u64,
+    ours: Vec<(Box<str>, String)>,
+) {
     let Some(store) = shared.store.as_ref() else {
         return;
     };
     let shown = format_utc(start * 1000, false);
     let expiry = expire_at(&shared, start);
+    let not_before_ms = (start + shared.windows.secs()) * 1000 + shared.settings.grace_ms as i64;
     loop {
         if past_deadline(&shared, start, "no instance completed its callbacks")
             || outside_fleet(&shared, start)
         {
             return;
+        }
+        let generation = store.generation();
+        if published != generation.seq {
+            if readd(&shared, store, start, &[], &ours).await.is_err() {
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+            let stored = store.fix(start, count, not_before_ms, expiry).await;
+            let marked = store.mark(start, &generation.id, expiry).await;
+            match (stored, marked) {
+                (Ok(Fixed::Count { count: theirs, .. }), Ok(())) => {
+                    if theirs != count {
+                        log::error!(
+                            "window {shown}: Redis holds count {theirs}, this instance fixed {count}"
+                        );
+                    }
+                    published = generation.seq;
+                }
+                _ => {
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            }
         }
         match store.is_done(start).await {
             Ok(true) => return,
@@ -272,7 +509,7 @@ async fn deliver(shared: Arc<Shared>, start: i64, count: u64) {
                 continue;
             }
         }
-        match store.lead(start, LEASE).await {
+        match store.lead(start, LEASE, may_take_over(&generation)).await {
             Ok(true) => {}
             Ok(false) if !shared.ready.load(Ordering::Acquire) => {
                 return; // shutting down: the leader, or a live instance, finishes this window
@@ -298,10 +535,9 @@ async fn deliver(shared: Arc<Shared>, start: i64, count: u64) {
             }
         };
         let endpoints = bounded(&shared, &shown, endpoints);
-        let batch = publish(&shared, start, count, "fleet", endpoints);
-        while batch.pending() > 0 {
-            tokio::time::sleep(LEASE / 3).await;
-            let _ = store.lead(start, LEASE).await;
+        if !post_while_leading(&shared, store, start, count, endpoints).await {
+            log::warn!("window {shown}: lost its lease while delivering; another instance takes over");
+            continue;
         }
         for _ in 0..5 {
             if store.mark_done(start, expiry).await.is_ok() {
@@ -314,6 +550,32 @@ async fn deliver(shared: Arc<Shared>, start: i64, count: u64) {
         );
         return;
     }
+}
+
+/// Sends the window's stream record and its callbacks in batches, each after the lease is
+/// renewed (compare-and-expire), renewing it while a batch is under way: false if the
+/// lease was lost before the last batch.
+async fn post_while_leading(
+    shared: &Shared,
+    store: &Store,
+    start: i64,
+    count: u64,
+    endpoints: Vec<Box<str>>,
+) -> bool {
+    stream_record(shared, start, count, "fleet");
+    let mut endpoints = endpoints.into_iter().peekable();
+    while endpoints.peek().is_some() {
+        if !matches!(store.lead(start, LEASE, true).await, Ok(true)) {
+            return false;
+        }
+        let batch: Vec<Box<str>> = endpoints.by_ref().take(DELIVERY_BATCH).collect();
+        let batch = post(shared, start, count, "fleet", batch);
+        while batch.pending() > 0 {
+            tokio::time::sleep(LEASE / 3).await;
+            let _ = store.lead(start, LEASE, true).await;
+        }
+    }
+    true
 }
 
 /// The fleet's endpoints for one window within this instance's bounds: normalized (an

@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 pub mod fleet;
+pub mod members;
 
 use crate::Shared;
 use crate::callback::{Batch, BatchState, Delivery};
@@ -87,7 +88,9 @@ pub async fn run(shared: Arc<Shared>, mut finish: watch::Receiver<bool>) {
 
 /// Closes the oldest open window, waits for its requests, and reports it.
 async fn report_oldest(shared: &Arc<Shared>, partial: bool) {
-    let epoch = shared.store.as_ref().map_or(0, |s| s.epoch());
+    // The next window is tagged with the generation as seen now: ids that Redis of an
+    // earlier generation acknowledged are re-added when it closes.
+    let epoch = shared.store.as_ref().map_or(0, |s| s.generation().seq);
     let window = shared.windows.rotate(epoch, shared.clock.now_ms());
     // Its cutoff has passed (a wall clock that leapt ahead may get here first): whatever
     // still waits for the store is answered 503 now.
@@ -181,11 +184,24 @@ fn publish(
     scope: &str,
     endpoints: Vec<Box<str>>,
 ) -> Batch {
-    let window_start: Arc<str> = format_utc(start * 1000, false).into();
-    let body: Arc<str> = callback_body(&window_start, shared.windows.secs(), count, scope).into();
+    stream_record(shared, start, count, scope);
+    post(shared, start, count, scope, endpoints)
+}
+
+/// Sends a window's record to the stream, if there is one.
+fn stream_record(shared: &Shared, start: i64, count: u64, scope: &str) {
     if let Some(stream) = &shared.stream {
+        let window_start = format_utc(start * 1000, false);
+        let body = callback_body(&window_start, shared.windows.secs(), count, scope);
         stream.send(&window_start, &body);
     }
+}
+
+/// Hands one POST of a window's count per endpoint to the callback queue; the returned
+/// batch reaches zero once every delivery is done or given up.
+fn post(shared: &Shared, start: i64, count: u64, scope: &str, endpoints: Vec<Box<str>>) -> Batch {
+    let window_start: Arc<str> = format_utc(start * 1000, false).into();
+    let body: Arc<str> = callback_body(&window_start, shared.windows.secs(), count, scope).into();
     let batch = BatchState::new(endpoints.len());
     if !endpoints.is_empty() {
         shared.status.callbacks_sent(start, &batch);

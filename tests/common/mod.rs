@@ -196,6 +196,18 @@ impl Verve {
         .unwrap_or_else(|| panic!("window {want} not reported; log:\n{}", self.log_text()))
     }
 
+    /// Waits until the window starting at `start` has its `scope=fleet` line (a late fleet
+    /// count comes after a `scope=local partial=true reason=store` line); that line.
+    pub fn wait_fleet_window(&self, start: i64, timeout: Duration) -> Line {
+        let want = rfc3339(start);
+        wait_for(timeout, || {
+            self.windows()
+                .into_iter()
+                .find(|l| l.get("window_start") == want && l.get("scope") == "fleet")
+        })
+        .unwrap_or_else(|| panic!("window {want} has no fleet line; log:\n{}", self.log_text()))
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
