@@ -11,13 +11,13 @@ use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fred::bytes_utils::Str;
 use fred::prelude::*;
 use fred::types::config::UnresponsiveConfig;
-use fred::types::{Expiration, SetOptions};
+use fred::types::{Expiration, MultipleKeys, SetOptions};
 use futures::StreamExt;
 use futures::future::try_join_all;
 use futures::stream::FuturesUnordered;
@@ -39,6 +39,51 @@ const ADD_QUEUE: usize = 65_536;
 
 /// Where the batcher tells a request its id's outcome.
 type Answer = oneshot::Sender<Result<(), StoreError>>;
+
+/// A Lua script, called by its SHA-1 (`EVALSHA`): sent in full (`EVAL`, which also caches
+/// it) only when Redis lacks it (restarted, a new node) and answers `NOSCRIPT`. One round
+/// trip, two only then; the SHA-1 is computed once and shared by every call without a copy.
+pub struct Script {
+    text: &'static str,
+    sha: std::sync::OnceLock<Str>,
+}
+
+impl Script {
+    const fn new(text: &'static str) -> Self {
+        Self {
+            text,
+            sha: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn sha(&self) -> Str {
+        self.sha
+            .get_or_init(|| {
+                let digest = ring::digest::digest(
+                    &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+                    self.text.as_bytes(),
+                );
+                Str::from(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>())
+            })
+            .clone()
+    }
+
+    /// Runs the script on `client` (a node of a cluster, with `with_cluster_node`).
+    async fn call<R: FromValue>(
+        &self,
+        client: &(impl LuaInterface + Sync),
+        keys: impl Into<MultipleKeys>,
+        args: Vec<Value>,
+    ) -> Result<R, fred::error::Error> {
+        let keys: MultipleKeys = keys.into();
+        match client.evalsha(self.sha(), keys.clone(), args.clone()).await {
+            Err(e) if e.details().starts_with("NOSCRIPT") => {
+                client.eval(Str::from_static(self.text), keys, args).await
+            }
+            outcome => outcome,
+        }
+    }
+}
 
 /// One id waiting to be added, and who to tell.
 struct PendingAdd {
@@ -63,33 +108,25 @@ pub fn ids_key(prefix: &str, window_start: i64, shard: u32) -> String {
 /// set; ARGV[1]: its expiry (epoch seconds, absolute, so every write repeats it harmlessly);
 /// ARGV[2..]: the ids. `SADD` takes them 1000 at a time: `unpack` puts each on Lua's C
 /// stack, which holds about 8000.
-const ADD_IDS: &str = r"
+static ADD_IDS: Script = Script::new(r"
 local n = #ARGV
 for i = 2, n, 1000 do
   redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 999, n)))
 end
 redis.call('EXPIREAT', KEYS[1], ARGV[1])
-";
-
-/// The SHA-1 of [`ADD_IDS`] in hex, which `EVALSHA` names it by: computed once, then shared
-/// by every call without a copy.
-static ADD_IDS_SHA: LazyLock<Str> = LazyLock::new(|| {
-    let digest = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, ADD_IDS.as_bytes());
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    Str::from(hex)
-});
+");
 
 /// The generation of the node a script runs on: its `run_id`.
-const RUN_ID: &str = r"
+static RUN_ID: Script = Script::new(r"
 return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
-";
+");
 
 /// Renews (or, with ARGV[3] = 0, withdraws) an instance's heartbeat in the fleet's members
 /// (KEYS[1], a sorted set scored by each member's expiry on Redis's clock, ms), dropping
 /// the expired. ARGV: the instance, the TTL (ms), 1 to join. Answers Redis's clock (seconds,
 /// microseconds), its `run_id` and its uptime (s): one round trip measures the clock and the
 /// generation.
-const HEARTBEAT: &str = r"
+static HEARTBEAT: Script = Script::new(r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
@@ -102,28 +139,28 @@ else
 end
 local info = redis.call('INFO', 'server')
 return {t[1], t[2], string.match(info, 'run_id:(%x+)'), tonumber(string.match(info, 'uptime_in_seconds:(%d+)'))}
-";
+");
 
 /// The live members (KEYS[1]; see [`HEARTBEAT`]), by Redis's clock.
-const MEMBERS: &str = r"
+static MEMBERS: Script = Script::new(r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
-";
+");
 
 /// Marks a window drained by an instance (KEYS[1], a hash: instance → the generation its ids
 /// are in), with the hash's expiry. ARGV: the instance, the generation, the expiry (epoch s).
-const MARK: &str = r"
+static MARK: Script = Script::new(r"
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIREAT', KEYS[1], ARGV[3])
-";
+");
 
 /// Fixes a window's count once (KEYS[1]): `SET NX GET`, so a racing leader (or a re-publish
 /// after an empty restart) adopts the stored value; refused while Redis's clock stands before
 /// the window's end + grace (ARGV[2], ms), so an instance whose clock leapt ahead cannot fix
 /// a window still counting. ARGV: the count, that instant, the key's expiry (epoch s).
 /// Answers {count, connected replicas}, or {-1, 0} when too early.
-const FIX: &str = r"
+static FIX: Script = Script::new(r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now < tonumber(ARGV[2]) then
@@ -132,12 +169,12 @@ end
 local old = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET', 'EXAT', ARGV[3])
 local replicas = string.match(redis.call('INFO', 'replication'), 'connected_slaves:(%d+)')
 return {tonumber(old or ARGV[1]), tonumber(replicas or '0')}
-";
+");
 
 /// Takes a window's lease (KEYS[1]) if no one holds it and ARGV[3] is 1, or renews it if
 /// this instance (ARGV[1]) holds it, for ARGV[2] ms: compare-and-expire in one step, so no
 /// instance ever extends another's lease. Answers 1 when this instance holds it.
-const LEAD: &str = r"
+static LEAD: Script = Script::new(r"
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -148,7 +185,7 @@ if not holder and ARGV[3] == '1' then
   return 1
 end
 return 0
-";
+");
 
 /// Registers an endpoint for a window within the fleet's bounds, atomically, so the first
 /// endpoints registered anywhere in the fleet are the ones kept (SPEC §6.1 I-endpoint).
@@ -161,7 +198,7 @@ return 0
 /// created only in the same script as its expiry.
 ///
 /// [`Site`]: crate::http::query::Site
-const ADD_ENDPOINT: &str = r"
+static ADD_ENDPOINT: Script = Script::new(r"
 local at = tonumber(ARGV[5])
 local outcome = 0
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then
@@ -177,7 +214,7 @@ end
 redis.call('EXPIREAT', KEYS[1], at)
 redis.call('EXPIREAT', KEYS[2], at)
 return outcome
-";
+");
 
 /// The bounds on a window's endpoints, fleet-wide: `--callback-max-endpoints` and
 /// `--callback-max-per-domain`.
@@ -493,7 +530,7 @@ impl Store {
             Value::from(i64::from(caps.per_domain)),
             Value::from(expire_at),
         ];
-        let outcome: i64 = self.client.eval(ADD_ENDPOINT, keys, args).await?;
+        let outcome: i64 = ADD_ENDPOINT.call(&self.client, keys, args).await?;
         match outcome {
             0 => Ok(EndpointAdd::Registered),
             1 => Ok(EndpointAdd::WindowFull),
@@ -618,7 +655,7 @@ impl Store {
             (lease.as_millis().max(1) as i64).into(),
             i64::from(take).into(),
         ];
-        let held: i64 = self.client.eval(LEAD, key, args).await?;
+        let held: i64 = LEAD.call(&self.client, key, args).await?;
         Ok(held == 1)
     }
 
@@ -664,7 +701,7 @@ impl Store {
     pub async fn read_generation(&self) -> Result<String, StoreError> {
         self.check()?;
         if !self.cluster {
-            let id: String = self.client.eval(RUN_ID, Vec::<Key>::new(), ()).await?;
+            let id: String = RUN_ID.call(&self.client, Vec::<Key>::new(), Vec::new()).await?;
             return Ok(id);
         }
         let primaries = self
@@ -676,10 +713,16 @@ impl Store {
             return Err(StoreError::Unavailable);
         }
         let reads = primaries.into_iter().map(|server| async move {
-            self.client
+            // (Scripts cannot be sent to a chosen node: `INFO` can.)
+            let info: String = self
+                .client
                 .with_cluster_node(server)
-                .eval::<String, _, _, _>(RUN_ID, Vec::<Key>::new(), ())
-                .await
+                .info(Some(fred::types::InfoKind::Server))
+                .await?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("run_id:"))
+                .map(|id| id.trim().to_string())
+                .ok_or_else(|| fred::error::Error::new(fred::error::ErrorKind::Parse, "no run_id in INFO"))
         });
         let mut ids = try_join_all(reads).await?;
         ids.sort();
@@ -699,10 +742,8 @@ impl Store {
             (ttl.as_millis().max(1) as i64).into(),
             i64::from(join).into(),
         ];
-        let (secs, micros, run_id, uptime): (i64, i64, String, i64) = self
-            .client
-            .eval(HEARTBEAT, self.members_key(), args)
-            .await?;
+        let (secs, micros, run_id, uptime): (i64, i64, String, i64) =
+            HEARTBEAT.call(&self.client, self.members_key(), args).await?;
         let generation = if self.cluster {
             self.read_generation().await?
         } else {
@@ -718,9 +759,8 @@ impl Store {
     /// The fleet's live members, by Redis's clock.
     pub async fn members(&self) -> Result<Vec<String>, StoreError> {
         self.check()?;
-        Ok(self
-            .client
-            .eval(MEMBERS, self.members_key(), Vec::<Value>::new())
+        Ok(MEMBERS
+            .call(&self.client, self.members_key(), Vec::new())
             .await?)
     }
 
@@ -737,9 +777,8 @@ impl Store {
             generation.into(),
             expire_at.into(),
         ];
-        let _: () = self
-            .client
-            .eval(MARK, self.window_key(window_start, "marks"), args)
+        let _: () = MARK
+            .call(&self.client, self.window_key(window_start, "marks"), args)
             .await?;
         Ok(())
     }
@@ -768,9 +807,8 @@ impl Store {
             not_before_ms.into(),
             expire_at.into(),
         ];
-        let (count, replicas): (i64, i64) = self
-            .client
-            .eval(FIX, self.window_key(window_start, "count"), args)
+        let (count, replicas): (i64, i64) = FIX
+            .call(&self.client, self.window_key(window_start, "count"), args)
             .await?;
         Ok(match u64::try_from(count) {
             Ok(count) => Fixed::Count {
@@ -935,31 +973,18 @@ fn tls_trusting(ca_file: &Path) -> Result<rustls::ClientConfig, String> {
         .with_no_client_auth())
 }
 
-/// Adds `ids` to the shard set `key` with its expiry `at`, in one [`ADD_IDS`] script: one
-/// round trip (`EVALSHA`), two only when Redis lacks the script (restarted, a new node) and
-/// answers `NOSCRIPT`, when it goes again as `EVAL`, which also caches it. The arguments are
-/// built once per call (each id an inline [`Value::Integer`]), again only for that `EVAL`.
+/// Adds `ids` to the shard set `key` with its expiry `at`, in one [`ADD_IDS`] script (each
+/// id an inline [`Value::Integer`]).
 async fn add_ids(
     client: &Client,
     key: Key,
     ids: &[i64],
     at: i64,
 ) -> Result<(), fred::error::Error> {
-    let args = || {
-        let mut args = Vec::with_capacity(ids.len() + 1);
-        args.push(Value::Integer(at));
-        args.extend(ids.iter().map(|&id| Value::Integer(id)));
-        Value::Array(args)
-    };
-    match client
-        .evalsha::<(), _, _, _>(ADD_IDS_SHA.clone(), key.clone(), args())
-        .await
-    {
-        Err(e) if e.details().starts_with("NOSCRIPT") => {
-            client.eval(Str::from_static(ADD_IDS), key, args()).await
-        }
-        outcome => outcome,
-    }
+    let mut args = Vec::with_capacity(ids.len() + 1);
+    args.push(Value::Integer(at));
+    args.extend(ids.iter().map(|&id| Value::Integer(id)));
+    ADD_IDS.call(client, key, args).await
 }
 
 /// Takes every queued id and sends one [`ADD_IDS`] script per shard key (pipelined by

@@ -63,9 +63,9 @@ pub async fn run(shared: Arc<Shared>) {
                 failing = false;
                 let local_received = shared.clock.now_ms();
                 // Redis read its clock somewhere within the round trip: the offset is known
-                // to within half of it (and Redis's millisecond).
+                // to within half of it (and the clocks' milliseconds, truncated).
                 let offset_ms = beat.redis_ms - (local_sent + local_received) / 2;
-                let uncertainty_ms = (local_received - local_sent) / 2 + 1;
+                let uncertainty_ms = (local_received - local_sent) / 2 + 2;
                 shared
                     .metrics
                     .clock_offset_us

@@ -35,31 +35,11 @@ use check::{Answer, Evidence};
 use common::{Conn, Nginx, Receiver, Redis, encode, have, now_ms, rfc3339};
 use fleet::{Member, Settings, Store};
 
-/// A short schedule without Redis restarts: the request path's promises (every `ok` counted,
-/// one count, every endpoint called, recovery) through instance and leader deaths, Redis
-/// stalls, link spikes and skewed clocks.
+/// A short fixed schedule of every kind of fault: Redis restarted empty at random moments
+/// (inside a window's grace too), instance and leader deaths, Redis stalls, link spikes, and
+/// skewed clocks throughout; every promise is checked on every window.
 #[test]
 fn a_fixed_schedule_of_faults_breaks_no_promise() {
-    run_and_check(&Plan {
-        seed: 14,
-        topology: "single".into(),
-        duration: Duration::from_secs(90),
-        kinds: vec![
-            Kind::InstanceKill,
-            Kind::LeaderKill,
-            Kind::ClientPause,
-            Kind::DelaySpike,
-        ],
-        instances: 3,
-        pace_ms: 2,
-    });
-}
-
-/// The same with Redis restarted empty at random moments, inside a window's grace too.
-#[test]
-#[ignore = "an empty Redis restart inside a window's grace loses other instances' ids until \
-            the window barrier of issue 15 (issue 14's scenario 3)"]
-fn a_fixed_schedule_with_redis_restarts_breaks_no_promise() {
     run_and_check(&Plan {
         seed: 15,
         topology: "single".into(),
