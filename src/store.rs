@@ -63,7 +63,13 @@ impl Script {
                     &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
                     self.text.as_bytes(),
                 );
-                Str::from(digest.as_ref().iter().map(|b| format!("{b:02x}")).collect::<String>())
+                Str::from(
+                    digest
+                        .as_ref()
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect::<String>(),
+                )
             })
             .clone()
     }
@@ -108,25 +114,30 @@ pub fn ids_key(prefix: &str, window_start: i64, shard: u32) -> String {
 /// set; ARGV[1]: its expiry (epoch seconds, absolute, so every write repeats it harmlessly);
 /// ARGV[2..]: the ids. `SADD` takes them 1000 at a time: `unpack` puts each on Lua's C
 /// stack, which holds about 8000.
-static ADD_IDS: Script = Script::new(r"
+static ADD_IDS: Script = Script::new(
+    r"
 local n = #ARGV
 for i = 2, n, 1000 do
   redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 999, n)))
 end
 redis.call('EXPIREAT', KEYS[1], ARGV[1])
-");
+",
+);
 
 /// The generation of the node a script runs on: its `run_id`.
-static RUN_ID: Script = Script::new(r"
+static RUN_ID: Script = Script::new(
+    r"
 return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
-");
+",
+);
 
 /// Renews (or, with ARGV[3] = 0, withdraws) an instance's heartbeat in the fleet's members
 /// (KEYS[1], a sorted set scored by each member's expiry on Redis's clock, ms), dropping
 /// the expired. ARGV: the instance, the TTL (ms), 1 to join. Answers Redis's clock (seconds,
 /// microseconds), its `run_id` and its uptime (s): one round trip measures the clock and the
 /// generation.
-static HEARTBEAT: Script = Script::new(r"
+static HEARTBEAT: Script = Script::new(
+    r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
@@ -139,28 +150,34 @@ else
 end
 local info = redis.call('INFO', 'server')
 return {t[1], t[2], string.match(info, 'run_id:(%x+)'), tonumber(string.match(info, 'uptime_in_seconds:(%d+)'))}
-");
+",
+);
 
 /// The live members (KEYS[1]; see [`HEARTBEAT`]), by Redis's clock.
-static MEMBERS: Script = Script::new(r"
+static MEMBERS: Script = Script::new(
+    r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
-");
+",
+);
 
 /// Marks a window drained by an instance (KEYS[1], a hash: instance → the generation its ids
 /// are in), with the hash's expiry. ARGV: the instance, the generation, the expiry (epoch s).
-static MARK: Script = Script::new(r"
+static MARK: Script = Script::new(
+    r"
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIREAT', KEYS[1], ARGV[3])
-");
+",
+);
 
 /// Fixes a window's count once (KEYS[1]): `SET NX GET`, so a racing leader (or a re-publish
 /// after an empty restart) adopts the stored value; refused while Redis's clock stands before
 /// the window's end + grace (ARGV[2], ms), so an instance whose clock leapt ahead cannot fix
 /// a window still counting. ARGV: the count, that instant, the key's expiry (epoch s).
 /// Answers {count, connected replicas}, or {-1, 0} when too early.
-static FIX: Script = Script::new(r"
+static FIX: Script = Script::new(
+    r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if now < tonumber(ARGV[2]) then
@@ -169,12 +186,14 @@ end
 local old = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'GET', 'EXAT', ARGV[3])
 local replicas = string.match(redis.call('INFO', 'replication'), 'connected_slaves:(%d+)')
 return {tonumber(old or ARGV[1]), tonumber(replicas or '0')}
-");
+",
+);
 
 /// Takes a window's lease (KEYS[1]) if no one holds it and ARGV[3] is 1, or renews it if
 /// this instance (ARGV[1]) holds it, for ARGV[2] ms: compare-and-expire in one step, so no
 /// instance ever extends another's lease. Answers 1 when this instance holds it.
-static LEAD: Script = Script::new(r"
+static LEAD: Script = Script::new(
+    r"
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -185,7 +204,8 @@ if not holder and ARGV[3] == '1' then
   return 1
 end
 return 0
-");
+",
+);
 
 /// Registers an endpoint for a window within the fleet's bounds, atomically, so the first
 /// endpoints registered anywhere in the fleet are the ones kept (SPEC §6.1 I-endpoint).
@@ -198,7 +218,8 @@ return 0
 /// created only in the same script as its expiry.
 ///
 /// [`Site`]: crate::http::query::Site
-static ADD_ENDPOINT: Script = Script::new(r"
+static ADD_ENDPOINT: Script = Script::new(
+    r"
 local at = tonumber(ARGV[5])
 local outcome = 0
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then
@@ -214,7 +235,8 @@ end
 redis.call('EXPIREAT', KEYS[1], at)
 redis.call('EXPIREAT', KEYS[2], at)
 return outcome
-");
+",
+);
 
 /// The bounds on a window's endpoints, fleet-wide: `--callback-max-endpoints` and
 /// `--callback-max-per-domain`.
@@ -701,7 +723,9 @@ impl Store {
     pub async fn read_generation(&self) -> Result<String, StoreError> {
         self.check()?;
         if !self.cluster {
-            let id: String = RUN_ID.call(&self.client, Vec::<Key>::new(), Vec::new()).await?;
+            let id: String = RUN_ID
+                .call(&self.client, Vec::<Key>::new(), Vec::new())
+                .await?;
             return Ok(id);
         }
         let primaries = self
@@ -722,7 +746,9 @@ impl Store {
             info.lines()
                 .find_map(|l| l.strip_prefix("run_id:"))
                 .map(|id| id.trim().to_string())
-                .ok_or_else(|| fred::error::Error::new(fred::error::ErrorKind::Parse, "no run_id in INFO"))
+                .ok_or_else(|| {
+                    fred::error::Error::new(fred::error::ErrorKind::Parse, "no run_id in INFO")
+                })
         });
         let mut ids = try_join_all(reads).await?;
         ids.sort();
@@ -742,8 +768,9 @@ impl Store {
             (ttl.as_millis().max(1) as i64).into(),
             i64::from(join).into(),
         ];
-        let (secs, micros, run_id, uptime): (i64, i64, String, i64) =
-            HEARTBEAT.call(&self.client, self.members_key(), args).await?;
+        let (secs, micros, run_id, uptime): (i64, i64, String, i64) = HEARTBEAT
+            .call(&self.client, self.members_key(), args)
+            .await?;
         let generation = if self.cluster {
             self.read_generation().await?
         } else {

@@ -217,6 +217,8 @@ struct Closing {
     snapshot: Option<Snapshot>,
     /// Whether the barrier's bound ran out already (said once).
     timed_out: bool,
+    /// Whether the shard sets this instance wrote were looked for.
+    looked: bool,
 }
 
 struct Snapshot {
@@ -234,6 +236,7 @@ impl Closing {
             published: 0,
             snapshot: None,
             timed_out: false,
+            looked: false,
         }
     }
 
@@ -245,7 +248,9 @@ impl Closing {
         let generation = store.generation();
         let start = self.window.start;
         let expiry = expire_at(shared, start);
-        if self.window.epoch != generation.seq && self.readded != Some(generation.seq) {
+        if self.readded != Some(generation.seq)
+            && (self.window.epoch != generation.seq || self.lost_shard(store).await?)
+        {
             resync(shared, store, &self.window).await?;
             self.readded = Some(generation.seq);
         }
@@ -263,6 +268,19 @@ impl Closing {
         self.lead(shared, store, &generation).await
     }
 
+    /// Whether a shard set this instance wrote in the window is gone within one generation
+    /// (evicted, deleted): looked at once, at the first step.
+    async fn lost_shard(&mut self, store: &Store) -> Result<bool, StoreError> {
+        if self.looked {
+            return Ok(false);
+        }
+        let lost = store
+            .any_missing(self.window.start, &self.window.touched_shards())
+            .await?;
+        self.looked = true;
+        Ok(lost)
+    }
+
     /// The leader's part: waits for every member's drained mark in the current generation
     /// (bounded), then sums the shard sets within one generation and fixes the count.
     async fn lead(
@@ -277,7 +295,11 @@ impl Closing {
         if generation.since.elapsed() < super::members::HEARTBEAT_TTL {
             return Ok(None);
         }
-        if self.snapshot.as_ref().is_none_or(|s| s.seq != generation.seq) {
+        if self
+            .snapshot
+            .as_ref()
+            .is_none_or(|s| s.seq != generation.seq)
+        {
             self.snapshot = Some(Snapshot {
                 seq: generation.seq,
                 members: store.members().await?,
@@ -359,7 +381,14 @@ fn may_take_over(generation: &Generation) -> bool {
 /// Re-adds a window's ids and endpoints to the store, the endpoints within the bounds as at
 /// registration (so those registered first elsewhere keep their places).
 pub async fn resync(shared: &Shared, store: &Store, window: &Window) -> Result<(), StoreError> {
-    readd(shared, store, window.start, &window.ids(), &endpoint_sites(window)).await
+    readd(
+        shared,
+        store,
+        window.start,
+        &window.ids(),
+        &endpoint_sites(window),
+    )
+    .await
 }
 
 /// The window's endpoints, each with its site (what the fleet's bounds count).
@@ -536,7 +565,9 @@ async fn deliver(
         };
         let endpoints = bounded(&shared, &shown, endpoints);
         if !post_while_leading(&shared, store, start, count, endpoints).await {
-            log::warn!("window {shown}: lost its lease while delivering; another instance takes over");
+            log::warn!(
+                "window {shown}: lost its lease while delivering; another instance takes over"
+            );
             continue;
         }
         for _ in 0..5 {

@@ -79,7 +79,9 @@ pub async fn run(shared: Arc<Shared>) {
                             shared.settings.max_clock_skew_ms
                         );
                     } else {
-                        log::warn!("this instance's clock is within the budget again ({offset_ms} ms off Redis's)");
+                        log::warn!(
+                            "this instance's clock is within the budget again ({offset_ms} ms off Redis's)"
+                        );
                     }
                 }
                 if store.observe_generation(&beat.generation, beat.up_for) {
@@ -163,7 +165,13 @@ pub async fn leave(shared: &Shared, within: Duration) {
     };
     match tokio::time::timeout(within, leaving).await {
         Ok(Ok(_)) => log::info!("left the fleet: heartbeat withdrawn"),
-        Ok(Err(e)) => log::warn!("withdrawing the heartbeat failed ({e}); it expires in {} s", HEARTBEAT_TTL.as_secs()),
-        Err(_) => log::warn!("withdrawing the heartbeat timed out; it expires in {} s", HEARTBEAT_TTL.as_secs()),
+        Ok(Err(e)) => log::warn!(
+            "withdrawing the heartbeat failed ({e}); it expires in {} s",
+            HEARTBEAT_TTL.as_secs()
+        ),
+        Err(_) => log::warn!(
+            "withdrawing the heartbeat timed out; it expires in {} s",
+            HEARTBEAT_TTL.as_secs()
+        ),
     }
 }
