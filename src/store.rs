@@ -325,6 +325,8 @@ pub struct Store {
     /// The generation of Redis this instance last saw (SPEC §6.3), from the heartbeat.
     generation: watch::Sender<Generation>,
     cluster: bool,
+    /// The first window this instance may answer for ([`Store::serve_from`]).
+    first_window: std::sync::OnceLock<i64>,
 }
 
 /// Which run of Redis the fleet's keys live in: the masters' `run_id`s (one, or a sorted
@@ -457,6 +459,7 @@ impl Store {
                 since: tokio::time::Instant::now(),
             }),
             cluster: settings.cluster,
+            first_window: std::sync::OnceLock::new(),
         })
     }
 
@@ -759,12 +762,25 @@ impl Store {
         format!("{}:members", self.prefix)
     }
 
+    /// Sets the first window this instance may answer for: a member's name in the
+    /// heartbeats carries it, so that the barrier of an earlier window never waits for an
+    /// instance that started after it. Once; later calls change nothing.
+    pub fn serve_from(&self, first_window: i64) {
+        let _ = self.first_window.set(first_window);
+    }
+
+    /// This instance's name among the members: `<instance>@<first window>`.
+    fn member_name(&self) -> String {
+        let first = self.first_window.get().copied().unwrap_or(i64::MIN);
+        format!("{}@{first}", self.instance)
+    }
+
     /// Renews this instance's heartbeat (`join`), or withdraws it, for `ttl`; answers
     /// Redis's clock and the generation (read again from every master in a cluster).
     pub async fn heartbeat(&self, ttl: Duration, join: bool) -> Result<Beat, StoreError> {
         self.check()?;
         let args: Vec<Value> = vec![
-            self.instance.as_str().into(),
+            self.member_name().into(),
             (ttl.as_millis().max(1) as i64).into(),
             i64::from(join).into(),
         ];
@@ -783,12 +799,20 @@ impl Store {
         })
     }
 
-    /// The fleet's live members, by Redis's clock.
-    pub async fn members(&self) -> Result<Vec<String>, StoreError> {
+    /// The fleet's live members, by Redis's clock: each instance, and the first window it
+    /// may answer for.
+    pub async fn members(&self) -> Result<Vec<(String, i64)>, StoreError> {
         self.check()?;
-        Ok(MEMBERS
+        let names: Vec<String> = MEMBERS
             .call(&self.client, self.members_key(), Vec::new())
-            .await?)
+            .await?;
+        Ok(names
+            .into_iter()
+            .filter_map(|name| {
+                let (instance, first) = name.rsplit_once('@')?;
+                Some((instance.to_string(), first.parse().ok()?))
+            })
+            .collect())
     }
 
     /// Marks the window drained by this instance, its ids in `generation`.

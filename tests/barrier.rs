@@ -464,3 +464,42 @@ fn a_stopped_instance_does_not_stall_the_barrier() {
         line.raw
     );
 }
+
+/// B starts inside W's grace, after W ended: it cannot have answered for W, so W's barrier
+/// does not wait for a mark it will never write. A's fleet line for W comes no later than
+/// 2 s after W's end + grace (not after the barrier's 5 s bound), and every instance
+/// started later still marks its own windows (the next window has both A's and B's ids).
+#[test]
+fn an_instance_started_after_a_window_does_not_stall_its_barrier() {
+    let _serial = serial();
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let extra = ["--window-secs", "3", "--grace-ms", "1000"];
+    let a = start(&redis.url(), &extra);
+    wait_ready("A", &a);
+    let window = sleep_into_next_window(SECS, 300);
+    for id in 1..=3 {
+        answer_ok("A", &a, id, None);
+    }
+    sleep_until((window + SECS) * 1000 + 100);
+    let b = start(&redis.url(), &extra);
+    wait_ready("B", &b);
+    let line = assert_fleet_count("A", &a, window, 3);
+    let due = (window + SECS) * 1000 + 1000 + 2000;
+    assert!(
+        line_ms(&line) <= due,
+        "A logged window {}'s fleet count {} ms after its end + grace: the barrier waited for \
+         B, which started after the window ended and never answered for it: {}",
+        rfc3339(window),
+        line_ms(&line) - (due - 2000),
+        line.raw
+    );
+    let next = window + SECS;
+    sleep_until(next * 1000 + 300);
+    answer_ok("A", &a, 10, None);
+    answer_ok("B", &b, 11, None);
+    for (name, verve) in [("A", &a), ("B", &b)] {
+        assert_fleet_count(name, verve, next, 2);
+    }
+}

@@ -300,16 +300,29 @@ impl Closing {
             .as_ref()
             .is_none_or(|s| s.seq != generation.seq)
         {
+            // Those that started after W cannot have answered for it: not waited for.
+            let members = store
+                .members()
+                .await?
+                .into_iter()
+                .filter(|(_, first)| *first <= start)
+                .map(|(instance, _)| instance)
+                .collect();
             self.snapshot = Some(Snapshot {
                 seq: generation.seq,
-                members: store.members().await?,
+                members,
                 taken: tokio::time::Instant::now(),
             });
         }
         let Some(snapshot) = &self.snapshot else {
             return Ok(None);
         };
-        let alive: std::collections::HashSet<String> = store.members().await?.into_iter().collect();
+        let alive: std::collections::HashSet<String> = store
+            .members()
+            .await?
+            .into_iter()
+            .map(|(instance, _)| instance)
+            .collect();
         let marks = store.marks(start).await?;
         let missing: Vec<&String> = snapshot
             .members

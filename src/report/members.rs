@@ -38,6 +38,8 @@ pub async fn run(shared: Arc<Shared>) {
     let Some(store) = shared.store.as_ref() else {
         return;
     };
+    // Windows before the oldest open one are not this instance's: it never answered for them.
+    store.serve_from(shared.windows.oldest_start());
     let budget_ms = shared.settings.max_clock_skew_ms as i64 / 2;
     let mut last_ack: Option<Instant> = None;
     let mut clock_beyond = false;
