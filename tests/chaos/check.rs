@@ -94,6 +94,30 @@ pub fn check(e: &Evidence) -> Summary {
             .filter(|a| a.status == 200)
             .filter_map(|a| a.endpoint.as_deref())
             .collect();
+        // Each incarnation's lines for the window: at most one `scope=local partial=true
+        // reason=store` line, then at most one `scope=fleet` line (SPEC §6.3, late counts).
+        for (name, lines) in e.logs {
+            let kinds: Vec<&str> = lines
+                .iter()
+                .filter(|l| l.kind == "unique_requests" && l.get("window_start") == shown)
+                .map(|l| match (l.get("scope"), l.partial()) {
+                    ("fleet", _) => "fleet",
+                    (_, true) => "partial",
+                    _ => "local",
+                })
+                .collect();
+            if !matches!(
+                kinds.as_slice(),
+                [] | ["fleet"] | ["partial"] | ["partial", "fleet"]
+            ) {
+                flag(
+                    "I-agree",
+                    format!(
+                        "{name} logged the window as {kinds:?}, not one line (or a partial one, then one fleet line)"
+                    ),
+                );
+            }
+        }
         // Who says which count: `scope=fleet` lines and POSTs.
         let mut said: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         for (name, lines) in e.logs {
