@@ -25,6 +25,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::lanes::Lanes;
 
+/// The longest pause between attempts to reconnect (they start at 50 ms and double).
+pub const RECONNECT_MAX: Duration = Duration::from_secs(1);
+
 /// Ids re-added per script call when an instance refills Redis.
 const READD_BATCH: usize = 1000;
 
@@ -124,17 +127,19 @@ redis.call('EXPIREAT', KEYS[1], ARGV[1])
 ",
 );
 
-/// The generation of the node a script runs on: its `run_id`.
+/// The generation of the node a script runs on: its `run_id` and its `master_replid` (which
+/// a promotion changes even when the `run_id` comes back: A, then B, then A again).
 static RUN_ID: Script = Script::new(
     r"
-return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+return string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') .. ':' ..
+  string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
 ",
 );
 
 /// Renews (or, with ARGV[3] = 0, withdraws) an instance's heartbeat in the fleet's members
 /// (KEYS[1], a sorted set scored by each member's expiry on Redis's clock, ms), dropping
 /// the expired. ARGV: the instance, the TTL (ms), 1 to join. Answers Redis's clock (seconds,
-/// microseconds), its `run_id` and its uptime (s): one round trip measures the clock and the
+/// microseconds), its generation (as [`RUN_ID`]) and its uptime (s): one round trip measures the clock and the
 /// generation.
 static HEARTBEAT: Script = Script::new(
     r"
@@ -149,7 +154,9 @@ else
   redis.call('ZREM', KEYS[1], ARGV[1])
 end
 local info = redis.call('INFO', 'server')
-return {t[1], t[2], string.match(info, 'run_id:(%x+)'), tonumber(string.match(info, 'uptime_in_seconds:(%d+)'))}
+local generation = string.match(info, 'run_id:(%x+)') .. ':' ..
+  string.match(redis.call('INFO', 'replication'), 'master_replid:(%x+)')
+return {t[1], t[2], generation, tonumber(string.match(info, 'uptime_in_seconds:(%d+)'))}
 ",
 );
 
@@ -212,7 +219,8 @@ return 0
 /// KEYS[1]: the window's endpoint set; KEYS[2]: its endpoints per domain (a hash keyed by
 /// the endpoint's [`Site`] as text), both under the window's hash tag (one cluster slot).
 /// ARGV: the normalized endpoint, its site, the most endpoints per window, the most per
-/// domain, the keys' expiry (epoch seconds). Answers 0 registered (or already), 1 the window
+/// domain, the keys' expiry (epoch seconds), and 1 to add it whatever the bounds (a re-add
+/// of an endpoint registered within them before Redis lost it). Answers 0 registered (or already), 1 the window
 /// is full, 2 the domain is. Every outcome re-applies the expiry (absolute, so repeating it
 /// is harmless) to both keys: `EXPIREAT` of a missing key creates nothing, and a key is
 /// created only in the same script as its expiry.
@@ -223,7 +231,10 @@ static ADD_ENDPOINT: Script = Script::new(
 local at = tonumber(ARGV[5])
 local outcome = 0
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 0 then
-  if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+  if ARGV[6] == '1' then
+    redis.call('SADD', KEYS[1], ARGV[1])
+    redis.call('HINCRBY', KEYS[2], ARGV[2], 1)
+  elseif redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[3]) then
     outcome = 1
   elseif tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0') >= tonumber(ARGV[4]) then
     outcome = 2
@@ -323,7 +334,7 @@ pub struct Store {
     /// This instance's name in leader leases, membership and marks.
     instance: String,
     /// The generation of Redis this instance last saw (SPEC §6.3), from the heartbeat.
-    generation: watch::Sender<Generation>,
+    generation: Arc<watch::Sender<Generation>>,
     cluster: bool,
     /// The first window this instance may answer for ([`Store::serve_from`]).
     first_window: std::sync::OnceLock<i64>,
@@ -335,10 +346,18 @@ pub struct Store {
 /// restart). `seq` counts the changes this instance has seen; windows are tagged with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Generation {
+    /// Bumped by every change of generation, and by every reconnection of any connection
+    /// (a proxy may have moved it to another server): a window opened before the last bump
+    /// is re-added when it closes.
     pub seq: u64,
     pub id: Arc<str>,
-    /// When this instance saw it first (start-up counts as a change: it cannot tell).
+    /// When this instance saw it first (at start-up: when Redis started, if recently).
     pub since: tokio::time::Instant,
+    /// Changes of generation this instance has seen (start-up not counted).
+    pub changes: u64,
+    /// A connection came back since the last heartbeat read the generation: Redis may be
+    /// a new one that no heartbeat has seen yet.
+    pub unconfirmed: bool,
 }
 
 /// One acknowledged heartbeat: Redis's clock when it ran, and the generation it ran in.
@@ -427,16 +446,28 @@ impl Store {
             });
         }
         let epoch = Arc::new(watch::Sender::new(0));
+        let generation = Arc::new(watch::Sender::new(Generation {
+            seq: 0,
+            id: Arc::from(""),
+            since: tokio::time::Instant::now(),
+            changes: 0,
+            unconfirmed: false,
+        }));
         let epoch_tasks = std::iter::once(&client)
             .chain(adders.iter().map(|a| &a.client))
             .map(|client| {
                 let mut reconnects = client.reconnect_rx();
                 let bump = Arc::clone(&epoch);
+                let generation = Arc::clone(&generation);
                 tokio::spawn(async move {
                     loop {
                         match reconnects.recv().await {
                             Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                                 bump.send_modify(|epoch| *epoch += 1);
+                                generation.send_modify(|g| {
+                                    g.seq += 1;
+                                    g.unconfirmed = true;
+                                });
                             }
                             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                         }
@@ -453,11 +484,7 @@ impl Store {
             epoch,
             epoch_tasks,
             instance,
-            generation: watch::Sender::new(Generation {
-                seq: 0,
-                id: Arc::from(""),
-                since: tokio::time::Instant::now(),
-            }),
+            generation,
             cluster: settings.cluster,
             first_window: std::sync::OnceLock::new(),
         })
@@ -543,6 +570,20 @@ impl Store {
         caps: EndpointCaps,
         expire_at: i64,
     ) -> Result<EndpointAdd, StoreError> {
+        self.register(window_start, endpoint, site, caps, expire_at, false)
+            .await
+    }
+
+    /// [`ADD_ENDPOINT`], within the bounds or (`force`) whatever they are.
+    async fn register(
+        &self,
+        window_start: i64,
+        endpoint: &str,
+        site: &str,
+        caps: EndpointCaps,
+        expire_at: i64,
+        force: bool,
+    ) -> Result<EndpointAdd, StoreError> {
         self.check()?;
         let keys = vec![
             self.window_key(window_start, "endpoints"),
@@ -554,6 +595,7 @@ impl Store {
             Value::from(i64::from(caps.per_window)),
             Value::from(i64::from(caps.per_domain)),
             Value::from(expire_at),
+            Value::from(i64::from(force)),
         ];
         let outcome: i64 = ADD_ENDPOINT.call(&self.client, keys, args).await?;
         match outcome {
@@ -568,9 +610,11 @@ impl Store {
 
     /// Re-adds ids (and endpoints, each with its site) this instance answered for a window,
     /// in batches, each batch with its key's expiry in one script as on the accept path:
-    /// after Redis lost them in a restart, or while it was unreachable. Endpoints go through
-    /// the same bounds as at registration; the number refused (others took their places
-    /// first) is returned.
+    /// after Redis lost them in a restart, or while it was unreachable. All in flight at
+    /// once (pipelined), so a re-add takes a round trip or two, not one per endpoint. The
+    /// endpoints were registered within the bounds before Redis lost them, so they come back
+    /// whatever the bounds say now: an endpoint registered since (before this instance saw
+    /// the restart) must not take the place of one that was answered `ok` first.
     pub async fn readd(
         &self,
         window_start: i64,
@@ -578,7 +622,7 @@ impl Store {
         endpoints: &[(Box<str>, String)],
         caps: EndpointCaps,
         expire_at: i64,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<(), StoreError> {
         self.check()?;
         let mut by_shard: Vec<Vec<i64>> = vec![Vec::new(); self.shards as usize];
         for &id in ids {
@@ -591,17 +635,13 @@ impl Store {
                 calls.push(add_ids(&self.client, key, batch, expire_at));
             }
         }
-        try_join_all(calls).await?;
-        let mut refused = 0;
-        for (endpoint, site) in endpoints {
-            let added = self
-                .add_endpoint(window_start, endpoint, site, caps, expire_at)
-                .await?;
-            if added != EndpointAdd::Registered {
-                refused += 1;
-            }
-        }
-        Ok(refused)
+        let registrations = endpoints.iter().map(|(endpoint, site)| {
+            self.register(window_start, endpoint, site, caps, expire_at, true)
+        });
+        let (added, registered) = futures::join!(try_join_all(calls), try_join_all(registrations));
+        added?;
+        registered?;
+        Ok(())
     }
 
     /// Whether any of the listed shard sets of the window is missing (Redis lost it).
@@ -704,9 +744,11 @@ impl Store {
     /// change, but it is taken as seen since Redis started, if that was recently.
     pub fn observe_generation(&self, id: &str, up_for: Duration) -> bool {
         let now = tokio::time::Instant::now();
+        let mut changed = false;
         self.generation.send_if_modified(|seen| {
+            let was_unconfirmed = std::mem::replace(&mut seen.unconfirmed, false);
             if &*seen.id == id {
-                return false;
+                return was_unconfirmed;
             }
             if seen.id.is_empty() {
                 // When Redis started, as this instance's monotonic clock reads it.
@@ -714,11 +756,22 @@ impl Store {
                 seen.since = now.checked_sub(up_for).unwrap_or(seen.since);
             } else {
                 seen.seq += 1;
+                seen.changes += 1;
                 seen.since = now;
+                changed = true;
             }
             seen.id = Arc::from(id);
             true
-        }) && self.generation.borrow().seq > 0
+        });
+        changed
+    }
+
+    /// Whether a change of generation was seen less than `trust` ago, or a connection came
+    /// back since the last heartbeat (Redis may be new): the members may not all have
+    /// re-added their windows (their endpoints among them) yet.
+    pub fn settling(&self, trust: Duration) -> bool {
+        let generation = self.generation.borrow();
+        generation.unconfirmed || (generation.changes > 0 && generation.since.elapsed() < trust)
     }
 
     /// Reads the generation from Redis now: the `run_id` of the master (every master's,
@@ -741,17 +794,20 @@ impl Store {
         }
         let reads = primaries.into_iter().map(|server| async move {
             // (Scripts cannot be sent to a chosen node: `INFO` can.)
-            let info: String = self
-                .client
-                .with_cluster_node(server)
-                .info(Some(fred::types::InfoKind::Server))
-                .await?;
-            info.lines()
-                .find_map(|l| l.strip_prefix("run_id:"))
-                .map(|id| id.trim().to_string())
-                .ok_or_else(|| {
-                    fred::error::Error::new(fred::error::ErrorKind::Parse, "no run_id in INFO")
-                })
+            let info: String = self.client.with_cluster_node(server).info(None).await?;
+            let field = |name: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.trim().to_string())
+                    .ok_or_else(|| {
+                        fred::error::Error::new(fred::error::ErrorKind::Parse, "no run_id in INFO")
+                    })
+            };
+            Ok::<_, fred::error::Error>(format!(
+                "{}:{}",
+                field("run_id:")?,
+                field("master_replid:")?
+            ))
         });
         let mut ids = try_join_all(reads).await?;
         ids.sort();
@@ -988,7 +1044,12 @@ fn build_client(settings: &Settings, connect_timeout: Duration) -> Result<Client
                 interval: Duration::from_millis(100),
             };
         })
-        .set_policy(ReconnectPolicy::new_exponential(0, 50, 1000, 2))
+        .set_policy(ReconnectPolicy::new_exponential(
+            0,
+            50,
+            RECONNECT_MAX.as_millis() as u32,
+            2,
+        ))
         .build()
         .map_err(|e| format!("--redis-url: {}", e.details()))
 }

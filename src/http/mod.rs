@@ -27,6 +27,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::Shared;
 use crate::metrics::Outcome;
 use crate::report::fleet::{endpoint_caps, expire_at};
+use crate::report::members::trust_period;
 use crate::store::EndpointAdd;
 use crate::window::{Admission, Bound, Claim, Lead, Registered, Verdict, Window};
 use query::{Endpoint, EndpointBuf};
@@ -378,7 +379,7 @@ fn accept(shared: &Arc<Shared>, query: &str) -> Answer {
         }
         return Answer::now(answer(shared, Outcome::Ok));
     }
-    if shared.fenced.load(Ordering::Relaxed) {
+    if shared.fenced.load(Ordering::Relaxed) || shared.settings_differ.load(Ordering::Relaxed) {
         // No member of the fleet: the fleet may fix a count without waiting for us, so not
         // even an id this window holds already is answered `ok` (SPEC §6.3).
         return Answer::now(answer(shared, Outcome::Unavailable));
@@ -388,7 +389,7 @@ fn accept(shared: &Arc<Shared>, query: &str) -> Answer {
     if endpoint_known && seen {
         return Answer::now(answer(shared, Outcome::Ok));
     }
-    if window.is_cut() || shared.settings_differ.load(Ordering::Relaxed) {
+    if window.is_cut() {
         // Past its cutoff: a count read at the end of the grace could miss this id.
         return Answer::now(answer(shared, Outcome::Unavailable));
     }
@@ -563,6 +564,13 @@ async fn decide_in_fleet(
                         window.start
                     );
                     return answer(shared, Outcome::Unavailable);
+                }
+                // Redis is in a new generation and the members may not all have re-added
+                // their endpoints yet: a new one now could take the place of one registered
+                // (and answered `ok`) first. 503 until the trust period is over.
+                Claim::Lead(lead) if store.settling(trust_period(&shared.settings)) => {
+                    lead.fail();
+                    false
                 }
                 Claim::Lead(lead) => {
                     let site = site.unwrap_or_default();

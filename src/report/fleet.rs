@@ -81,6 +81,9 @@ const BARRIER_LIMIT: Duration = Duration::from_secs(5);
 /// each such batch.
 const DELIVERY_BATCH: usize = 256;
 
+/// How often a delivered window's keeper looks whether the instance is shutting down.
+const LINGER_POLL: Duration = Duration::from_millis(250);
+
 /// Longest the leader waits for the replicas to hold the count before it delivers.
 const REPLICATION_WAIT: Duration = Duration::from_secs(1);
 
@@ -262,6 +265,10 @@ impl Closing {
             self.published = generation.seq;
             return Ok(Some(count));
         }
+        // A fenced instance (its clock beyond the budget, or cut off) fixes nothing.
+        if shared.fenced.load(Ordering::Acquire) {
+            return Ok(None);
+        }
         if !store.lead(start, LEASE, may_take_over(&generation)).await? {
             return Ok(None);
         }
@@ -290,9 +297,9 @@ impl Closing {
         generation: &Generation,
     ) -> Result<Option<u64>, StoreError> {
         let start = self.window.start;
-        // Every live member renews its heartbeat within a TTL of a new generation: only
+        // Every live member heartbeats into a new generation within the trust period: only
         // then does the new Redis know them all.
-        if generation.since.elapsed() < super::members::HEARTBEAT_TTL {
+        if generation.since.elapsed() < super::members::trust_period(&shared.settings) {
             return Ok(None);
         }
         if self
@@ -431,7 +438,7 @@ async fn readd(
     if ids.is_empty() && endpoints.is_empty() {
         return Ok(());
     }
-    let refused = store
+    store
         .readd(
             start,
             ids,
@@ -447,13 +454,6 @@ async fn readd(
         endpoints.len(),
         format_utc(start * 1000, false)
     );
-    if refused > 0 {
-        // Redis lost the window and others registered endpoints before these came back.
-        log::warn!(
-            "window {}: {refused} of this instance's endpoints no longer fit the fleet's bounds when re-added; they are not called",
-            format_utc(start * 1000, false)
-        );
-    }
     Ok(())
 }
 
@@ -495,63 +495,95 @@ pub async fn resync_on_new_generation(shared: Arc<Shared>) {
     }
 }
 
+/// What an instance knows of a window whose count is fixed, and stores again in every new
+/// generation of Redis until the window's report deadline: its endpoints, the count, the
+/// done mark once the window is delivered, and its drained mark. So an empty restart after
+/// the count was fixed can neither give the window a second count (a peer still closing it
+/// adopts this one: its barrier waits for this instance's mark, written after the count)
+/// nor lose its endpoints or its done mark (no second delivery by a leader that did not die).
+struct Known {
+    start: i64,
+    count: u64,
+    /// This instance's endpoints of the window, each with its site.
+    endpoints: Vec<(Box<str>, String)>,
+    /// The generation (seq) in which all of it is known to be stored.
+    published: u64,
+    done: bool,
+}
+
+impl Known {
+    /// Stores it all again if Redis is in a generation it may not be in.
+    async fn republish(&mut self, shared: &Shared, store: &Store) -> Result<(), StoreError> {
+        let generation = store.generation();
+        if self.published == generation.seq {
+            return Ok(());
+        }
+        let (start, expiry) = (self.start, expire_at(shared, self.start));
+        readd(shared, store, start, &[], &self.endpoints).await?;
+        let not_before_ms =
+            (start + shared.windows.secs()) * 1000 + shared.settings.grace_ms as i64;
+        if let Fixed::Count { count, .. } =
+            store.fix(start, self.count, not_before_ms, expiry).await?
+            && count != self.count
+        {
+            log::error!(
+                "window {}: Redis holds count {count}, this instance fixed {}",
+                format_utc(start * 1000, false),
+                self.count
+            );
+        }
+        if self.done {
+            store.mark_done(start, expiry).await?;
+        }
+        store.mark(start, &generation.id, expiry).await?;
+        self.published = generation.seq;
+        Ok(())
+    }
+}
+
 /// Delivers the window's fixed count: if this instance wins (or inherits) the lease, sends
 /// the stream record and the callbacks, checking the lease before each batch, and marks the
 /// window done; otherwise waits for the done mark, taking over if the lease lapses first.
-/// Meanwhile, in every new generation of Redis, it stores its endpoints and the count again
-/// (and its mark), so that an empty restart can neither lose them nor give the window a
-/// second number.
+/// Then, and meanwhile, keeps what it knows stored ([`Known`]) until the report deadline.
 async fn deliver(
     shared: Arc<Shared>,
     start: i64,
     count: u64,
-    mut published: u64,
-    ours: Vec<(Box<str>, String)>,
+    published: u64,
+    endpoints: Vec<(Box<str>, String)>,
 ) {
     let Some(store) = shared.store.as_ref() else {
         return;
     };
+    let mut known = Known {
+        start,
+        count,
+        endpoints,
+        published,
+        done: false,
+    };
     let shown = format_utc(start * 1000, false);
     let expiry = expire_at(&shared, start);
-    let not_before_ms = (start + shared.windows.secs()) * 1000 + shared.settings.grace_ms as i64;
     loop {
         if past_deadline(&shared, start, "no instance completed its callbacks")
             || outside_fleet(&shared, start)
         {
             return;
         }
-        let generation = store.generation();
-        if published != generation.seq {
-            if readd(&shared, store, start, &[], &ours).await.is_err() {
-                tokio::time::sleep(RETRY).await;
-                continue;
-            }
-            let stored = store.fix(start, count, not_before_ms, expiry).await;
-            let marked = store.mark(start, &generation.id, expiry).await;
-            match (stored, marked) {
-                (Ok(Fixed::Count { count: theirs, .. }), Ok(())) => {
-                    if theirs != count {
-                        log::error!(
-                            "window {shown}: Redis holds count {theirs}, this instance fixed {count}"
-                        );
-                    }
-                    published = generation.seq;
-                }
-                _ => {
-                    tokio::time::sleep(RETRY).await;
-                    continue;
-                }
-            }
+        if known.republish(&shared, store).await.is_err() {
+            tokio::time::sleep(RETRY).await;
+            continue;
         }
         match store.is_done(start).await {
-            Ok(true) => return,
+            Ok(true) => break,
             Ok(false) => {}
             Err(_) => {
                 tokio::time::sleep(RETRY).await;
                 continue;
             }
         }
-        match store.lead(start, LEASE, may_take_over(&generation)).await {
+        let take = may_take_over(&store.generation()) && !shared.fenced.load(Ordering::Acquire);
+        match store.lead(start, LEASE, take).await {
             Ok(true) => {}
             Ok(false) if !shared.ready.load(Ordering::Acquire) => {
                 return; // shutting down: the leader, or a live instance, finishes this window
@@ -577,38 +609,73 @@ async fn deliver(
             }
         };
         let endpoints = bounded(&shared, &shown, endpoints);
-        if !post_while_leading(&shared, store, start, count, endpoints).await {
+        if !post_while_leading(&shared, store, &mut known, endpoints).await {
             log::warn!(
                 "window {shown}: lost its lease while delivering; another instance takes over"
             );
             continue;
         }
-        for _ in 0..5 {
-            if store.mark_done(start, expiry).await.is_ok() {
-                return;
+        known.done = true;
+        let marked = async {
+            for _ in 0..5 {
+                if store.mark_done(start, expiry).await.is_ok() {
+                    return true;
+                }
+                tokio::time::sleep(RETRY).await;
             }
-            tokio::time::sleep(RETRY).await;
+            false
+        };
+        if !marked.await {
+            log::warn!(
+                "window {shown}: callbacks sent but the done mark failed; another instance may repeat them"
+            );
         }
-        log::warn!(
-            "window {shown}: callbacks sent but the done mark failed; another instance may repeat them"
-        );
-        return;
+        break;
+    }
+    known.done = true;
+    linger(&shared, store, known).await;
+}
+
+/// Keeps a delivered window's count, endpoints and marks stored in every new generation
+/// until its report deadline (see [`Known`]), or until shutdown (which withdraws this
+/// instance from the members: no barrier waits for its marks then).
+async fn linger(shared: &Shared, store: &Store, mut known: Known) {
+    let mut generations = store.generations();
+    loop {
+        let left = report_deadline_ms(shared, known.start) - shared.clock.now_ms();
+        if left <= 0 || !shared.ready.load(Ordering::Acquire) {
+            return;
+        }
+        if known.republish(shared, store).await.is_err() {
+            tokio::time::sleep(RETRY).await;
+            continue;
+        }
+        tokio::select! {
+            changed = generations.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = tokio::time::sleep(Duration::from_millis(left as u64).min(LINGER_POLL)) => {}
+        }
     }
 }
 
 /// Sends the window's stream record and its callbacks in batches, each after the lease is
-/// renewed (compare-and-expire), renewing it while a batch is under way: false if the
-/// lease was lost before the last batch.
+/// renewed (compare-and-expire), renewing it while a batch is under way, and keeping what
+/// it knows stored if Redis changes generation meanwhile: false if the lease was lost
+/// before the last batch.
 async fn post_while_leading(
     shared: &Shared,
     store: &Store,
-    start: i64,
-    count: u64,
+    known: &mut Known,
     endpoints: Vec<Box<str>>,
 ) -> bool {
+    let (start, count) = (known.start, known.count);
     stream_record(shared, start, count, "fleet");
     let mut endpoints = endpoints.into_iter().peekable();
     while endpoints.peek().is_some() {
+        let _ = known.republish(shared, store).await;
         if !matches!(store.lead(start, LEASE, true).await, Ok(true)) {
             return false;
         }
@@ -616,6 +683,7 @@ async fn post_while_leading(
         let batch = post(shared, start, count, "fleet", batch);
         while batch.pending() > 0 {
             tokio::time::sleep(LEASE / 3).await;
+            let _ = known.republish(shared, store).await;
             let _ = store.lead(start, LEASE, true).await;
         }
     }
@@ -670,6 +738,10 @@ fn bounded(shared: &Shared, shown: &str, stored: Vec<String>) -> Vec<Box<str>> {
 /// connections come back meanwhile).
 const RECONNECT_ANNOUNCE: Duration = Duration::from_millis(200);
 
+/// How long after Redis started a starting instance only reads the fleet's announcement:
+/// the fleet's instances reconnect and announce theirs again within this.
+const YOUNG_REDIS: Duration = Duration::from_secs(2);
+
 /// How long the fleet's settings stay announced without a renewal: a fleet that changed its
 /// settings everywhere at once (all instances stopped) starts again after this.
 const SETTINGS_TTL: Duration = Duration::from_secs(30);
@@ -704,13 +776,25 @@ pub async fn check_settings(
 ) -> Result<bool, String> {
     let ours = settings_fingerprint(config);
     let deadline = tokio::time::Instant::now() + within;
+    let settled = deadline + YOUNG_REDIS;
     loop {
-        match store.announce(&ours, SETTINGS_TTL, true).await {
+        // A Redis that has just started (empty) lost the fleet's announcement: its instances
+        // announce theirs again within a reconnection and a moment. Claiming it first would
+        // turn the whole fleet away (found by review), so a newcomer only reads it until then.
+        let claim = match store.heartbeat(super::members::HEARTBEAT_TTL, false).await {
+            Ok(beat) => beat.up_for >= YOUNG_REDIS,
+            Err(_) => false,
+        };
+        match store.announce(&ours, SETTINGS_TTL, claim).await {
             Ok(Announced::Theirs(theirs)) => {
                 say_settings_differ(config, &ours, &theirs);
                 return Ok(true);
             }
-            Ok(_) => return Ok(false),
+            Ok(Announced::Ours) => return Ok(false),
+            Ok(Announced::Absent) if tokio::time::Instant::now() < settled => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Ok(Announced::Absent) => return Ok(false),
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 return Err(format!(
                     "--redis-url: cannot check the fleet's settings under --redis-prefix {}: {e}",

@@ -21,6 +21,18 @@ pub const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
 /// How often the heartbeat is renewed.
 const BEAT_EVERY: Duration = Duration::from_millis(500);
 
+/// How long after a change of generation the members are trusted: every live member has
+/// heartbeated into the new Redis by then — one TTL, plus the time to notice that the old
+/// one is gone and reconnect (the longest backoff, a Redis timeout), plus a heartbeat's
+/// interval and round trip (another Redis timeout). A member slower than that has been
+/// unable to renew its heartbeat for longer than the fence allows: it fenced itself.
+pub fn trust_period(config: &crate::config::Config) -> Duration {
+    HEARTBEAT_TTL
+        + crate::store::RECONNECT_MAX
+        + BEAT_EVERY
+        + 2 * Duration::from_millis(config.redis_timeout_ms)
+}
+
 /// An instance with no heartbeat acknowledged for this long fences itself: less than the TTL
 /// (counted from when the last acknowledged one was sent, before Redis received it), so it
 /// stops answering before the fleet's members forget it.
