@@ -37,6 +37,25 @@ fn start(url: &str, extra: &[&str]) -> Verve {
     Verve::start(&args)
 }
 
+/// A and B, started on their URLs with `extra`, both ready.
+fn start_two(a_url: &str, b_url: &str, extra: &[&str]) -> (Verve, Verve) {
+    let (a, b) = (start(a_url, extra), start(b_url, extra));
+    wait_ready("A", &a);
+    wait_ready("B", &b);
+    (a, b)
+}
+
+/// Settings for an instance on a slow link: an 800 ms round trip needs a 1 s Redis timeout,
+/// and the grace then must be at least skew 250 + timeout 1000 + 100 ms (config.rs).
+const SLOW_LINK: [&str; 6] = [
+    "--window-secs",
+    "3",
+    "--grace-ms",
+    "1500",
+    "--redis-timeout-ms",
+    "1000",
+];
+
 /// Waits until the instance is ready (its first heartbeat acknowledged).
 fn wait_ready(name: &str, verve: &Verve) {
     let ready = wait_for(Duration::from_secs(10), || {
@@ -198,10 +217,7 @@ fn a_leader_waits_for_a_slow_marker() {
         "--redis-timeout-ms",
         "500",
     ];
-    let a = start(&redis.url(), &extra);
-    let b = start(&link.url(), &extra);
-    wait_ready("A", &a);
-    wait_ready("B", &b);
+    let (a, b) = start_two(&redis.url(), &link.url(), &extra);
     let hook = encode(&receiver.url("/hook"));
     let window = sleep_into_next_window(SECS, 300);
     answer_ok("A", &a, 1, Some(&hook));
@@ -231,18 +247,8 @@ fn a_restart_between_marks_and_the_read_loses_nothing() {
     let receiver = Receiver::start();
     // An 800 ms round trip needs a 1 s Redis timeout; the grace then must be at least
     // skew 250 + timeout 1000 + 100 ms (config.rs).
-    let extra = [
-        "--window-secs",
-        "3",
-        "--grace-ms",
-        "1500",
-        "--redis-timeout-ms",
-        "1000",
-    ];
-    let a = start(&redis.url(), &extra);
-    let b = start(&link.url(), &extra);
-    wait_ready("A", &a);
-    wait_ready("B", &b);
+    let extra = SLOW_LINK;
+    let (a, b) = start_two(&redis.url(), &link.url(), &extra);
     let hook = encode(&receiver.url("/hook"));
     let window = sleep_into_next_window(SECS, 200);
     for id in 1..=3 {
@@ -349,10 +355,7 @@ fn a_takeover_after_the_count_was_fixed_delivers_that_count() {
     };
     let receiver = Receiver::start();
     let extra = ["--window-secs", "3", "--grace-ms", "1000"];
-    let a = start(&redis.url(), &extra);
-    let b = start(&redis.url(), &extra);
-    wait_ready("A", &a);
-    wait_ready("B", &b);
+    let (a, b) = start_two(&redis.url(), &redis.url(), &extra);
     let slow = encode(&receiver.url("/slow"));
     let window = sleep_into_next_window(SECS, 300);
     answer_ok("A", &a, 1, Some(&slow));
@@ -467,10 +470,7 @@ fn a_stopped_instance_does_not_stall_the_barrier() {
         return;
     };
     let extra = ["--window-secs", "3", "--grace-ms", "1000"];
-    let a = start(&redis.url(), &extra);
-    let mut b = start(&redis.url(), &extra);
-    wait_ready("A", &a);
-    wait_ready("B", &b);
+    let (a, mut b) = start_two(&redis.url(), &redis.url(), &extra);
     let window = sleep_into_next_window(SECS, 300);
     for id in 1..=3 {
         answer_ok("A", &a, id, None);
@@ -548,18 +548,8 @@ fn a_restart_right_after_the_fix_gives_a_peer_still_closing_a_second_count() {
         return;
     };
     let link = DelayLink::start(redis.port, 400);
-    let extra = [
-        "--window-secs",
-        "3",
-        "--grace-ms",
-        "1500",
-        "--redis-timeout-ms",
-        "1000",
-    ];
-    let a = start(&redis.url(), &extra);
-    let b = start(&link.url(), &extra);
-    wait_ready("A", &a);
-    wait_ready("B", &b);
+    let extra = SLOW_LINK;
+    let (a, b) = start_two(&redis.url(), &link.url(), &extra);
     let window = sleep_into_next_window(SECS, 200);
     for id in 1..=3 {
         answer_ok("A", &a, id, None);
@@ -619,18 +609,8 @@ fn a_restart_after_done_gives_an_endpoint_a_second_post_with_another_count() {
     };
     let link = DelayLink::start(redis.port, 400);
     let receiver = Receiver::start();
-    let extra = [
-        "--window-secs",
-        "3",
-        "--grace-ms",
-        "1500",
-        "--redis-timeout-ms",
-        "1000",
-    ];
-    let a = start(&redis.url(), &extra);
-    let b = start(&link.url(), &extra);
-    wait_ready("A", &a);
-    wait_ready("B", &b);
+    let extra = SLOW_LINK;
+    let (a, b) = start_two(&redis.url(), &link.url(), &extra);
     let hook = encode(&receiver.url("/hook"));
     let window = sleep_into_next_window(SECS, 200);
     for id in 1..=3 {
@@ -711,10 +691,7 @@ fn a_slow_readd_of_endpoints_outlasts_the_barrier_and_loses_posts() {
         "--redis-timeout-ms",
         "500",
     ];
-    let a = start(&redis.url(), &extra);
-    let b = start(&link.url(), &extra);
-    wait_ready("A", &a);
-    wait_ready("B", &b);
+    let (a, b) = start_two(&redis.url(), &link.url(), &extra);
     const N: i64 = 60;
     let window = sleep_into_next_window(SECS, 100);
     answer_ok("A", &a, 1, None);
@@ -855,10 +832,7 @@ fn an_empty_restart_mid_window_lets_later_endpoints_take_the_earlier_ones_places
         "--callback-max-per-domain",
         "80",
     ];
-    let a = start(&redis.url(), &extra);
-    let b = start(&redis.url(), &extra);
-    wait_ready("A", &a);
-    wait_ready("B", &b);
+    let (a, b) = start_two(&redis.url(), &redis.url(), &extra);
     const N: i64 = 60;
     let send = |v: &Verve, tag: &'static str, base: i64, until: i64| {
         let addr = v.addr;
@@ -1089,18 +1063,8 @@ fn a_slow_member_reaches_the_new_redis_after_the_trust_period() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(900),
     );
-    let extra = [
-        "--window-secs",
-        "3",
-        "--grace-ms",
-        "1500",
-        "--redis-timeout-ms",
-        "1000",
-    ];
-    let a = start(&redis.url(), &extra);
-    let b = start(&link.url(), &extra);
-    wait_ready("A", &a);
-    wait_ready("B", &b);
+    let extra = SLOW_LINK;
+    let (a, b) = start_two(&redis.url(), &link.url(), &extra);
     let window = sleep_into_next_window(SECS, 100);
     for id in 1..=3 {
         answer_ok("A", &a, id, None);
