@@ -393,9 +393,10 @@ impl Closing {
 }
 
 /// Whether this instance may take over a lease nobody holds: not within a lease of a new
-/// generation, whose Redis lost the leases — their holders renew them first.
+/// generation, whose Redis lost the leases — their holders renew them first — nor after a
+/// reconnection before a heartbeat has read the generation (Redis may be a new one).
 fn may_take_over(generation: &Generation) -> bool {
-    generation.since.elapsed() >= LEASE
+    !generation.unconfirmed && generation.since.elapsed() >= LEASE
 }
 
 /// Re-adds a window's ids and endpoints to the store, the endpoints within the bounds as at
