@@ -85,6 +85,9 @@ pub struct Shared {
     pub fenced: AtomicBool,
     /// Fleet mode: heartbeat rounds ended so far.
     pub beats: AtomicU64,
+    /// Fleet mode: set once shutdown withdrew the heartbeat: no barrier waits for this
+    /// instance any more, so it stops keeping its windows' counts stored.
+    pub left: AtomicBool,
     /// Fleet work that outlives the call that started it (window deliveries, late reports,
     /// key expiries): owned here so shutdown waits for it, reaped as it finishes.
     background: parking_lot::Mutex<JoinSet<()>>,
@@ -135,6 +138,7 @@ impl Shared {
             // A fleet instance is a member only once its first heartbeat is acknowledged.
             fenced: AtomicBool::new(fleet),
             beats: AtomicU64::new(0),
+            left: AtomicBool::new(false),
             background: parking_lot::Mutex::new(JoinSet::new()),
         })
     }

@@ -705,6 +705,20 @@ impl Store {
         }
     }
 
+    /// Puts this instance's settings in the announcement, whatever it holds (see
+    /// `report::fleet::announce_settings`: only a member since before a new generation
+    /// does, against one made within its trust period).
+    pub async fn replace_announcement(&self, ours: &str, ttl: Duration) -> Result<(), StoreError> {
+        self.check()?;
+        let key = format!("{}:settings", self.prefix);
+        let ms = ttl.as_millis().max(1) as i64;
+        let _: Option<String> = self
+            .client
+            .set(&key, ours, Some(Expiration::PX(ms)), None, false)
+            .await?;
+        Ok(())
+    }
+
     /// Takes (when `take`) or renews the window's leader lease, for `lease`: whether this
     /// instance holds it now. Renewal compares and expires in one script ([`LEAD`]).
     pub async fn lead(

@@ -586,8 +586,8 @@ async fn deliver(
         let take = may_take_over(&store.generation()) && !shared.fenced.load(Ordering::Acquire);
         match store.lead(start, LEASE, take).await {
             Ok(true) => {}
-            Ok(false) if !shared.ready.load(Ordering::Acquire) => {
-                return; // shutting down: the leader, or a live instance, finishes this window
+            Ok(false) if shared.left.load(Ordering::Acquire) => {
+                return; // shut down: the leader, or a live instance, finishes this window
             }
             Ok(false) => {
                 tokio::time::sleep(LEASE / 2).await;
@@ -638,13 +638,15 @@ async fn deliver(
 }
 
 /// Keeps a delivered window's count, endpoints and marks stored in every new generation
-/// until its report deadline (see [`Known`]), or until shutdown (which withdraws this
-/// instance from the members: no barrier waits for its marks then).
+/// until its report deadline (see [`Known`]), or until shutdown has withdrawn this instance
+/// from the members (no barrier waits for its marks then).
 async fn linger(shared: &Shared, store: &Store, mut known: Known) {
     let mut generations = store.generations();
     loop {
         let left = report_deadline_ms(shared, known.start) - shared.clock.now_ms();
-        if left <= 0 || !shared.ready.load(Ordering::Acquire) {
+        // A shutting-down instance stays a member (it answers through its shutdown delay)
+        // until it withdraws its heartbeat: it keeps the count stored until then.
+        if left <= 0 || shared.left.load(Ordering::Acquire) {
             return;
         }
         if known.republish(shared, store).await.is_err() {
@@ -691,16 +693,19 @@ async fn post_while_leading(
     true
 }
 
-/// The fleet's endpoints for one window within this instance's bounds: normalized (an
-/// instance of another version may have stored another spelling), each once, at most
-/// `--callback-max-per-domain` per domain and `--callback-max-endpoints` in all. The bounds
-/// are enforced fleet-wide at registration (the store's script: the first registered win),
-/// so this changes nothing in a fleet of this version with one set of bounds; it stays as a
+/// The fleet's endpoints for one window within twice this instance's bounds: normalized (an
+/// instance of another version may have stored another spelling), each once, at most twice
+/// `--callback-max-per-domain` per domain and twice `--callback-max-endpoints` in all. The
+/// bounds are enforced fleet-wide at registration (the store's script: the first registered
+/// win). Only after Redis lost a window can its set hold more: the members re-add theirs
+/// past the bounds (each registered within them first), on top of those registered in the
+/// new Redis before the re-adds landed (within them too) — at most twice the bounds, every
+/// one registered by an `ok` request, so every one is called. Beyond that it stays a
 /// defence against a set written otherwise (another version's plain `SADD`, or instances
 /// with larger bounds), and there it keeps an arbitrary subset.
 fn bounded(shared: &Shared, shown: &str, stored: Vec<String>) -> Vec<Box<str>> {
-    let max = shared.settings.callback_max_endpoints as usize;
-    let per_domain = shared.settings.callback_max_per_domain as usize;
+    let max = 2 * shared.settings.callback_max_endpoints as usize;
+    let per_domain = 2 * shared.settings.callback_max_per_domain as usize;
     let mut seen = std::collections::HashSet::new();
     let mut domains = std::collections::HashMap::<u64, usize>::new();
     let mut kept = Vec::new();
@@ -825,11 +830,20 @@ pub async fn announce_settings(shared: Arc<Shared>) {
         return;
     };
     let ours = settings_fingerprint(&shared.settings);
+    let trust = super::members::trust_period(&shared.settings);
     let mut reconnects = store.reconnections();
     let mut absent_since: Option<tokio::time::Instant> = None;
+    let started = tokio::time::Instant::now();
     loop {
+        // Soon after start-up (and while Redis settles) it looks often: a fleet that put its
+        // announcement back is followed at once.
+        let every = if started.elapsed() < trust || store.settling(trust) {
+            RECONNECT_ANNOUNCE * 2
+        } else {
+            SETTINGS_TTL / 3
+        };
         tokio::select! {
-            () = tokio::time::sleep(SETTINGS_TTL / 3) => {}
+            () = tokio::time::sleep(every) => {}
             changed = reconnects.changed() => {
                 if changed.is_err() {
                     return;
@@ -846,6 +860,20 @@ pub async fn announce_settings(shared: Arc<Shared>) {
                 continue;
             }
             Ok(Announced::Ours) => false,
+            // A member since before Redis's new generation outranks an announcement made
+            // within its trust period (a newcomer that started while the fleet was still
+            // reconnecting, found by review): it puts the fleet's back.
+            Ok(Announced::Theirs(theirs)) if !was && store.settling(trust) => {
+                match store.replace_announcement(&ours, SETTINGS_TTL).await {
+                    Ok(()) => {
+                        log::warn!(
+                            "replaced the settings announced just after Redis restarted ({theirs}) with this fleet's ({ours})"
+                        );
+                        false
+                    }
+                    Err(_) => continue,
+                }
+            }
             Ok(Announced::Theirs(theirs)) => {
                 if !was {
                     say_settings_differ(&shared.settings, &ours, &theirs);

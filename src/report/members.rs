@@ -177,7 +177,10 @@ pub async fn leave(shared: &Shared, within: Duration) {
         }
         store.heartbeat(HEARTBEAT_TTL, false).await
     };
-    match tokio::time::timeout(within, leaving).await {
+    let left = tokio::time::timeout(within, leaving).await;
+    // Withdrawn, or expiring within a TTL: either way the barrier stops waiting for it.
+    shared.left.store(true, Ordering::Release);
+    match left {
         Ok(Ok(_)) => log::info!("left the fleet: heartbeat withdrawn"),
         Ok(Err(e)) => log::warn!(
             "withdrawing the heartbeat failed ({e}); it expires in {} s",
