@@ -738,11 +738,6 @@ impl Store {
         Ok(held == 1)
     }
 
-    /// This instance's name in the fleet's members and marks.
-    pub fn instance(&self) -> &str {
-        &self.instance
-    }
-
     /// The generation this instance last saw.
     pub fn generation(&self) -> Generation {
         self.generation.borrow().clone()

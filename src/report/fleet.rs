@@ -40,6 +40,11 @@ pub fn expire_at(shared: &Shared, window_start: i64) -> i64 {
     window_start + expire_after(&shared.settings)
 }
 
+/// A window's end + grace (epoch ms): no count of it is fixed before Redis's clock reads it.
+fn end_of_grace_ms(shared: &Shared, window_start: i64) -> i64 {
+    (window_start + shared.windows.secs()) * 1000 + shared.settings.grace_ms as i64
+}
+
 /// Until when a window's fleet report is attempted (its keys are still there).
 fn report_deadline_ms(shared: &Shared, window_start: i64) -> i64 {
     (expire_at(shared, window_start) - 5) * 1000
@@ -364,10 +369,13 @@ impl Closing {
         if store.read_generation().await? != before {
             return Ok(None);
         }
-        let not_before_ms =
-            (start + shared.windows.secs()) * 1000 + shared.settings.grace_ms as i64;
         match store
-            .fix(start, count, not_before_ms, expire_at(shared, start))
+            .fix(
+                start,
+                count,
+                end_of_grace_ms(shared, start),
+                expire_at(shared, start),
+            )
             .await?
         {
             Fixed::TooEarly => Ok(None),
@@ -521,10 +529,9 @@ impl Known {
         }
         let (start, expiry) = (self.start, expire_at(shared, self.start));
         readd(shared, store, start, &[], &self.endpoints).await?;
-        let not_before_ms =
-            (start + shared.windows.secs()) * 1000 + shared.settings.grace_ms as i64;
-        if let Fixed::Count { count, .. } =
-            store.fix(start, self.count, not_before_ms, expiry).await?
+        if let Fixed::Count { count, .. } = store
+            .fix(start, self.count, end_of_grace_ms(shared, start), expiry)
+            .await?
             && count != self.count
         {
             log::error!(
