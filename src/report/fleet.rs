@@ -274,7 +274,10 @@ impl Closing {
         if shared.fenced.load(Ordering::Acquire) {
             return Ok(None);
         }
-        if !store.lead(start, LEASE, may_take_over(&generation)).await? {
+        if !store
+            .lead(start, LEASE, may_take_over(shared, &generation))
+            .await?
+        {
             return Ok(None);
         }
         self.lead(shared, store, &generation).await
@@ -400,11 +403,14 @@ impl Closing {
     }
 }
 
-/// Whether this instance may take over a lease nobody holds: not within a lease of a new
-/// generation, whose Redis lost the leases — their holders renew them first — nor after a
-/// reconnection before a heartbeat has read the generation (Redis may be a new one).
-fn may_take_over(generation: &Generation) -> bool {
-    !generation.unconfirmed && generation.since.elapsed() >= LEASE
+/// Whether this instance may take over a lease nobody holds: not within the trust period of
+/// a new generation, whose Redis lost the leases — their holders renew them first, and every
+/// live knower of a delivered window has put its done mark back by then (found by review: a
+/// lease's wait let a peer POST again while a slow, live leader was still reconnecting) —
+/// nor after a reconnection before a heartbeat has read the generation (Redis may be new).
+fn may_take_over(shared: &Shared, generation: &Generation) -> bool {
+    !generation.unconfirmed
+        && generation.since.elapsed() >= super::members::trust_period(&shared.settings)
 }
 
 /// Re-adds a window's ids and endpoints to the store, the endpoints within the bounds as at
@@ -590,7 +596,8 @@ async fn deliver(
                 continue;
             }
         }
-        let take = may_take_over(&store.generation()) && !shared.fenced.load(Ordering::Acquire);
+        let take =
+            may_take_over(&shared, &store.generation()) && !shared.fenced.load(Ordering::Acquire);
         match store.lead(start, LEASE, take).await {
             Ok(true) => {}
             Ok(false) if shared.left.load(Ordering::Acquire) => {
