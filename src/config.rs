@@ -136,12 +136,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(16_384..=16_777_216))]
     pub max_header_bytes: u32,
 
-    /// Redis for fleet mode (`redis://` or `rediss://`, user and password allowed); unset
-    /// runs a single node.
+    /// Redis for fleet mode (`redis://` or `rediss://`, user and password allowed;
+    /// `redis-sentinel://host:26379,host2:26379?sentinelServiceName=NAME` for Sentinel, more
+    /// hosts comma-separated); unset runs a single node.
     #[arg(long, env = "VERVE_REDIS_URL")]
     pub redis_url: Option<String>,
 
-    /// Treat --redis-url as a seed node of a Redis Cluster.
+    /// Treat --redis-url as a seed node of a Redis Cluster (more seeds comma-separated).
     #[arg(long, env = "VERVE_REDIS_CLUSTER", default_value_t = false,
           action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub redis_cluster: bool,
@@ -356,11 +357,35 @@ impl Config {
                 "rediss://",
                 "redis-cluster://",
                 "rediss-cluster://",
+                "redis-sentinel://",
+                "rediss-sentinel://",
             ]
             .iter()
             .any(|scheme| url.starts_with(scheme))
         {
-            return Err("--redis-url must start with redis:// or rediss://".to_string());
+            return Err(
+                "--redis-url must start with redis://, rediss://, redis-sentinel:// or rediss-sentinel://"
+                    .to_string(),
+            );
+        }
+        if let Some(url) = &self.redis_url
+            && url.contains("-sentinel://")
+            && !url.contains("sentinelServiceName=")
+        {
+            return Err(
+                "--redis-url: a redis-sentinel:// URL needs ?sentinelServiceName=<the primary's name>"
+                    .to_string(),
+            );
+        }
+        if self.redis_cluster
+            && self
+                .redis_url
+                .as_deref()
+                .is_some_and(|u| u.contains("-sentinel://"))
+        {
+            return Err(
+                "--redis-cluster cannot be used with a redis-sentinel:// --redis-url".to_string(),
+            );
         }
         if self.redis_ca_file.is_some()
             && !self
@@ -410,7 +435,7 @@ impl Config {
     pub fn store_settings(&self) -> Option<store::Settings> {
         self.redis_url.as_ref().map(|url| store::Settings {
             url: url.clone(),
-            cluster: self.redis_cluster,
+            cluster: self.is_cluster(),
             shards: self.redis_shards(),
             timeout: Duration::from_millis(self.redis_timeout_ms),
             prefix: self.redis_prefix.clone(),
@@ -423,7 +448,15 @@ impl Config {
     /// commit into more commands) and 16 on a cluster (spread over its nodes).
     pub fn redis_shards(&self) -> u32 {
         self.redis_shards
-            .unwrap_or(if self.redis_cluster { 16 } else { 1 })
+            .unwrap_or(if self.is_cluster() { 16 } else { 1 })
+    }
+
+    /// Whether Redis is a cluster: `--redis-cluster`, or a `redis-cluster://` URL.
+    pub fn is_cluster(&self) -> bool {
+        self.redis_cluster
+            || self.redis_url.as_deref().is_some_and(|u| {
+                u.starts_with("redis-cluster://") || u.starts_with("rediss-cluster://")
+            })
     }
 
     /// Fleet mode: a window's cutoff, in ms after its end: grace − clock skew − margin.
@@ -485,6 +518,11 @@ mod tests {
                 .redis_shards(),
             4
         );
+        let clustered = load(&["--redis-url", "redis-cluster://h:7000,h:7001"]).unwrap();
+        assert!(clustered.is_cluster(), "the scheme says it is a cluster");
+        assert_eq!(clustered.redis_shards(), 16);
+        let sentinel = load(&["--redis-url", "redis-sentinel://h?sentinelServiceName=m"]).unwrap();
+        assert!(!sentinel.is_cluster());
     }
 
     #[test]
@@ -512,6 +550,18 @@ mod tests {
                 "--redis-timeout-ms",
             ),
             (&["--redis-url", "http://h"][..], "--redis-url"),
+            (
+                &["--redis-url", "redis-sentinel://h:26379"][..],
+                "--redis-url",
+            ),
+            (
+                &[
+                    "--redis-cluster",
+                    "--redis-url",
+                    "redis-sentinel://h?sentinelServiceName=m",
+                ][..],
+                "--redis-cluster",
+            ),
             (&["--redis-shards", "0"][..], "--redis-shards"),
             (&["--lanes", "0"][..], "--lanes"),
             (

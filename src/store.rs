@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use fred::bytes_utils::Str;
 use fred::prelude::*;
-use fred::types::config::UnresponsiveConfig;
+use fred::types::config::{ClusterDiscoveryPolicy, UnresponsiveConfig};
 use fred::types::{Expiration, MultipleKeys, SetOptions};
 use futures::StreamExt;
 use futures::future::try_join_all;
@@ -1028,14 +1028,62 @@ pub fn scrub_password(url: &str, message: &str) -> String {
     }
 }
 
+/// `url` as fred parses it: hosts after the first, comma-separated in the authority
+/// (`redis-sentinel://a:26379,b:26379?sentinelServiceName=m`, or a cluster's seeds), become
+/// `node=` query parameters (`…://a:26379?sentinelServiceName=m&node=b:26379`). The
+/// authority ends where the URL standard ends it (the first `/`, `?` or `#`), and a password
+/// may hold commas: only what follows its last `@` is split.
+pub fn with_node_params(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (Some(userinfo), hosts),
+        None => (None, authority),
+    };
+    let mut hosts = hosts.split(',').filter(|h| !h.is_empty());
+    let first = hosts.next().unwrap_or("");
+    let nodes: Vec<String> = hosts.map(|h| format!("node={h}")).collect();
+    if nodes.is_empty() && !authority.contains(',') {
+        return url.to_string();
+    }
+    let (tail, fragment) = tail.split_at(tail.find('#').unwrap_or(tail.len()));
+    let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
+    let query: Vec<&str> = std::iter::once(query)
+        .filter(|q| !q.is_empty())
+        .chain(nodes.iter().map(String::as_str))
+        .collect();
+    let userinfo = userinfo.map_or(String::new(), |u| format!("{u}@"));
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", query.join("&"))
+    };
+    format!("{scheme}://{userinfo}{first}{path}{query}{fragment}")
+}
+
 /// A client for `settings`, not yet connected.
 fn build_client(settings: &Settings, connect_timeout: Duration) -> Result<Client, String> {
+    let url = with_node_params(&settings.url);
     let mut config = if settings.cluster {
-        Config::from_url_clustered(&settings.url)
+        Config::from_url_clustered(&url)
     } else {
-        Config::from_url(&settings.url)
+        // `redis-sentinel://` and `rediss-sentinel://` too: fred asks the sentinels for
+        // the primary at every (re)connection.
+        Config::from_url(&url)
     }
     .map_err(|e| format!("--redis-url: {}", e.details()))?;
+    if settings.cluster {
+        // Rebuild the cluster map from any node it last knew, not only the seeds in the
+        // URL: fred's default asks the seeds alone, so when the one seed was the master
+        // that died, its reconnection never found the promoted replica (issue 16).
+        config
+            .server
+            .set_cluster_discovery_policy(ClusterDiscoveryPolicy::UseCache)
+            .map_err(|e| format!("--redis-url: {}", e.details()))?;
+    }
     if let Some(ca_file) = &settings.ca_file {
         let tls = tls_trusting(ca_file)
             .map_err(|e| format!("--redis-ca-file {}: {e}", ca_file.display()))?;
@@ -1227,7 +1275,31 @@ fn round<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::scrub_password;
+    use super::{scrub_password, with_node_params};
+
+    #[test]
+    fn more_hosts_become_node_parameters() {
+        assert_eq!(
+            with_node_params("redis-sentinel://a:26379,b:26379,c:26380?sentinelServiceName=m"),
+            "redis-sentinel://a:26379?sentinelServiceName=m&node=b:26379&node=c:26380"
+        );
+        assert_eq!(
+            with_node_params("rediss://u:p,w@a:7000,b:7001/0"),
+            "rediss://u:p,w@a:7000/0?node=b:7001"
+        );
+        assert_eq!(
+            with_node_params("redis://a:1,b:2?x=1#f"),
+            "redis://a:1?x=1&node=b:2#f"
+        );
+        for unchanged in [
+            "redis://u:p,w@a:6379/0",
+            "redis://127.0.0.1:6379",
+            "redis-sentinel://a:26379?sentinelServiceName=m&node=b:26379",
+            "redis://a:1/x,y",
+        ] {
+            assert_eq!(with_node_params(unchanged), unchanged);
+        }
+    }
 
     #[test]
     fn passwords_never_reach_a_message() {
