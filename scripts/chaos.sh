@@ -9,9 +9,16 @@
 # violation with its window and the faults near it; exits 1 on any violation. Loopback only;
 # it stops by itself. Not in CI: the suite runs a short fixed-seed schedule.
 #
+# Topologies: single (one server; some instances through a delay link), cluster (three
+# masters with a replica each, cluster-node-timeout 1000 ms; the instances get one seed) and
+# sentinel (a primary, two replicas, three sentinels). In the last two a `failover` fault
+# SIGKILLs a master (the primary), waits for the promotion, checks every instance is ready
+# again, and brings the killed server back as a replica.
+#
 # Usage: scripts/chaos.sh [MINUTES] [SEED] [TOPOLOGY]   (defaults: 15, random, single)
 # Environment: CHAOS_FAULTS (comma list of the kinds above: redis-restart, instance-kill,
-# leader-kill, client-pause, delay-spike; default all), CHAOS_INSTANCES (2–4; default from
+# leader-kill, client-pause, delay-spike, failover; default every kind the topology can
+# suffer), CHAOS_INSTANCES (2–4; default from
 # the seed), CHAOS_PACE_MS (pause between a client's requests, default 2), VERVE_BIN (run
 # another build of verve, e.g. an older commit's, under the same checker).
 set -euo pipefail
@@ -22,11 +29,7 @@ minutes=${1:-15}
 seed=${2:-$((RANDOM * 32768 + RANDOM))}
 topology=${3:-single}
 case "$topology" in
-  single) ;;
-  cluster | sentinel)
-    echo "topology $topology: not yet (it comes with the Redis HA issue)" >&2
-    exit 2
-    ;;
+  single | cluster | sentinel) ;;
   *)
     echo "topology $topology: one of single, cluster, sentinel" >&2
     exit 2
@@ -34,6 +37,7 @@ case "$topology" in
 esac
 need redis-server redis-server
 need redis-cli redis-tools
+need redis-sentinel redis-sentinel
 need nginx nginx-light
 need date coreutils
 

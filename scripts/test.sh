@@ -2,7 +2,7 @@
 # The whole test suite, as CI runs it (.ci/run sets CI=true): installs what the tests need,
 # checks formatting and lints (with and without the kafka feature), then runs unit tests, the
 # black-box tests against the real binary (real callback receivers, Redis, Redis Cluster,
-# nginx and a Kafka broker on loopback) and every criterion benchmark once, then builds the
+# Sentinel, nginx and a Kafka broker on loopback) and every criterion benchmark once, then builds the
 # container image and tests it with podman. Under CI=true a test whose server is missing
 # fails.
 set -euo pipefail
@@ -16,6 +16,7 @@ need kill procps
 need date coreutils
 need redis-server redis-server
 need redis-cli redis-tools
+need redis-sentinel redis-sentinel
 need nginx nginx-light
 need openssl openssl
 need chromium chromium

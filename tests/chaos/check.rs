@@ -222,6 +222,15 @@ pub fn check(e: &Evidence) -> Summary {
             Some((first - f.lifted_ms).max(0))
         })
         .collect();
+    for f in e.faults {
+        if let Some(why) = &f.broke {
+            violations.push(Violation {
+                window: None,
+                invariant: "ready",
+                detail: format!("{} ({}): {why}", f.kind.name(), f.detail),
+            });
+        }
+    }
     for (f, r) in e.faults.iter().zip(&recovery) {
         if r.is_none_or(|ms| ms > RECOVERY_LIMIT_MS) {
             violations.push(Violation {

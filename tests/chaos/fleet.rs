@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::common::{DelayLink, Line, Redis, Verve, free_port, read_log, wait_for};
+use crate::common::{
+    Cluster, DelayLink, Line, Redis, Sentinels, Verve, free_port, read_log, wait_for,
+};
 
 /// What every instance is started with.
 pub struct Settings {
@@ -18,6 +20,8 @@ pub struct Settings {
     pub skew_budget_ms: i64,
     /// Whether the binary knows `--max-clock-skew-ms` (an older build does not).
     pub knows_skew_budget: bool,
+    /// Redis is a cluster (`--redis-cluster`).
+    pub cluster: bool,
 }
 
 /// One instance slot: its port, clock offset and link to Redis, and its incarnations.
@@ -35,17 +39,20 @@ pub struct Member {
 }
 
 impl Member {
-    pub fn new(n: usize, redis_port: u16, offset_ms: i64, delay_ms: Option<u64>) -> Self {
-        let link = delay_ms.map(|ms| DelayLink::start(redis_port, ms));
+    /// Instance `n`, reaching Redis at `url`, or through a link with `delay_ms` to the one
+    /// server on `port` (a cluster's or a sentinel's clients go where Redis tells them, not
+    /// through a link).
+    pub fn new(n: usize, url: &str, offset_ms: i64, delay_ms: Option<(u16, u64)>) -> Self {
+        let link = delay_ms.map(|(port, ms)| DelayLink::start(port, ms));
         let redis_url = link
             .as_ref()
-            .map_or_else(|| format!("redis://127.0.0.1:{redis_port}"), DelayLink::url);
+            .map_or_else(|| url.to_string(), DelayLink::url);
         Self {
             name: format!("i{n}"),
             listen: format!("127.0.0.1:{}", free_port()).parse().unwrap(),
             offset_ms,
             link,
-            base_delay_ms: delay_ms.unwrap_or(0),
+            base_delay_ms: delay_ms.map_or(0, |(_, ms)| ms),
             redis_url,
             live: None,
             incarnations: 0,
@@ -85,19 +92,31 @@ impl Member {
         if settings.knows_skew_budget {
             args.extend(["--max-clock-skew-ms", &budget]);
         }
+        if settings.cluster {
+            args.push("--redis-cluster");
+        }
         let stderr = run_dir.join(format!("{}.stderr", self.incarnation()));
         let verve = Verve::start_on(&self.listen.to_string(), &args, &[], &stderr);
-        let ready = wait_for(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(verve.addr).ok()?;
-            let mut conn = crate::common::Conn::connect(verve.addr);
-            (conn.try_request("GET", "/readyz").ok()?.status == 200).then_some(())
-        });
+        self.live = Some(verve);
+        let ready = wait_for(Duration::from_secs(10), || self.is_ready().then_some(()));
         assert!(
             ready.is_some(),
             "{} did not become ready",
             self.incarnation()
         );
-        self.live = Some(verve);
+    }
+
+    /// Whether the live incarnation answers `/readyz` with 200.
+    pub fn is_ready(&self) -> bool {
+        let Some(verve) = &self.live else {
+            return false;
+        };
+        if std::net::TcpStream::connect(verve.addr).is_err() {
+            return false;
+        }
+        let mut conn = crate::common::Conn::connect(verve.addr);
+        conn.try_request("GET", "/readyz")
+            .is_ok_and(|reply| reply.status == 200)
     }
 
     /// SIGKILLs the live incarnation (kept for its log).
@@ -131,14 +150,46 @@ impl Member {
     }
 }
 
-/// The shared Redis, behind a lock: faults restart it while the auditor reads it.
+/// The fleet's Redis: one server, a cluster with replicas, or a primary with replicas and
+/// sentinels.
+pub enum Backend {
+    Single(Redis),
+    Cluster(Cluster),
+    Sentinel(Sentinels),
+}
+
+/// The shared Redis, behind a lock: faults restart it or fail it over while the auditor
+/// reads it.
 pub struct Store {
-    pub redis: Mutex<Redis>,
-    pub port: u16,
+    pub backend: Mutex<Backend>,
+    /// What the instances are given as `--redis-url`.
+    pub url: String,
+    /// The one server's port (single topology): delay links lead there.
+    pub port: Option<u16>,
 }
 
 impl Store {
-    pub fn cli(&self, args: &[&str]) -> String {
-        self.redis.lock().unwrap().cli(args)
+    pub fn new(backend: Backend) -> Self {
+        let (url, port) = match &backend {
+            Backend::Single(redis) => (redis.url(), Some(redis.port)),
+            // One seed: a master's death may take the seed with it (issue 16).
+            Backend::Cluster(cluster) => (cluster.url(), None),
+            Backend::Sentinel(sentinels) => (sentinels.url(), None),
+        };
+        Self {
+            backend: Mutex::new(backend),
+            url,
+            port,
+        }
+    }
+
+    /// redis-cli against the server holding the fleet's keys: the one server, or the
+    /// primary; `None` in a cluster (its keys are spread over the masters).
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        match &*self.backend.lock().unwrap() {
+            Backend::Single(redis) => Some(redis.cli(args)),
+            Backend::Sentinel(set) => set.primary().map(|p| set.servers[p].cli(args)),
+            Backend::Cluster(_) => None,
+        }
     }
 }

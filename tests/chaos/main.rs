@@ -8,7 +8,14 @@
 //! - `instance-kill`: an instance SIGKILLed, then started again on its port;
 //! - `leader-kill`: the instance delivering a window's callbacks SIGKILLed mid-delivery;
 //! - `client-pause`: `CLIENT PAUSE` (writes or all) for up to 2 s;
-//! - `delay-spike`: one instance's link to Redis slowed to 150–600 ms for up to 3 s.
+//! - `delay-spike`: one instance's link to Redis slowed to 150–600 ms for up to 3 s;
+//! - `failover` (Cluster with replicas, Sentinel): a master (the primary) SIGKILLed; once a
+//!   replica is promoted every instance must be ready again, and the killed server comes
+//!   back as a replica.
+//!
+//! Three topologies: `single` (one server, some instances through delay links), `cluster`
+//! (three masters, a replica each, the instances given one seed) and `sentinel` (a primary,
+//! two replicas, three sentinels).
 //!
 //! Then, offline, every window is checked against the invariants from the recorded answers,
 //! every incarnation's count log and the receiver (`check.rs`), and the service must have
@@ -32,8 +39,8 @@ use std::thread;
 use std::time::Duration;
 
 use check::{Answer, Evidence};
-use common::{Conn, Nginx, Receiver, Redis, encode, have, now_ms, rfc3339};
-use fleet::{Member, Settings, Store};
+use common::{Cluster, Conn, Nginx, Receiver, Redis, Sentinels, encode, have, now_ms, rfc3339};
+use fleet::{Backend, Member, Settings, Store};
 
 /// A short fixed schedule of every kind of fault: Redis restarted empty at random moments
 /// (inside a window's grace too), instance and leader deaths, Redis stalls, link spikes, and
@@ -52,6 +59,35 @@ fn a_fixed_schedule_of_faults_breaks_no_promise() {
 
 /// `scripts/chaos.sh`: the plan from `CHAOS_MINUTES`, `CHAOS_SEED`, `CHAOS_TOPOLOGY`,
 /// `CHAOS_FAULTS`, `CHAOS_INSTANCES`, `CHAOS_PACE_MS`.
+/// Redis Cluster with replicas: masters SIGKILLed (the seed among them) under load through
+/// the load balancer, instances and leaders killed; after each promotion the fleet is ready
+/// again and every promise holds on every window.
+#[test]
+fn a_cluster_failing_over_breaks_no_promise() {
+    run_and_check(&Plan {
+        seed: 16,
+        topology: "cluster".into(),
+        duration: Duration::from_secs(80),
+        kinds: vec![Kind::Failover, Kind::Failover, Kind::InstanceKill],
+        instances: 3,
+        pace_ms: 2,
+    });
+}
+
+/// Sentinel: the primary SIGKILLed under load, a replica promoted by the sentinels, the old
+/// primary back as a replica; instances killed too.
+#[test]
+fn a_sentinel_failover_breaks_no_promise() {
+    run_and_check(&Plan {
+        seed: 17,
+        topology: "sentinel".into(),
+        duration: Duration::from_secs(80),
+        kinds: vec![Kind::Failover, Kind::Failover, Kind::LeaderKill],
+        instances: 3,
+        pace_ms: 2,
+    });
+}
+
 #[test]
 #[ignore = "run by scripts/chaos.sh"]
 fn chaos_from_the_environment() {
@@ -95,16 +131,43 @@ pub enum Kind {
     LeaderKill,
     ClientPause,
     DelaySpike,
+    Failover,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [
+    const ALL: [Kind; 6] = [
         Kind::RedisRestart,
         Kind::InstanceKill,
         Kind::LeaderKill,
         Kind::ClientPause,
         Kind::DelaySpike,
+        Kind::Failover,
     ];
+
+    /// The kinds that strike in `topology` by default: each one it can suffer.
+    fn defaults(topology: &str) -> Vec<Kind> {
+        match topology {
+            "single" => Kind::ALL[..5].to_vec(),
+            "cluster" => vec![Kind::Failover, Kind::InstanceKill, Kind::LeaderKill],
+            _ => vec![
+                Kind::Failover,
+                Kind::InstanceKill,
+                Kind::LeaderKill,
+                Kind::ClientPause,
+            ],
+        }
+    }
+
+    /// Whether it can strike in `topology`: an empty restart and link delays need the one
+    /// server, a failover replicas, a pause one server holding the fleet's keys.
+    fn fits(self, topology: &str) -> bool {
+        match self {
+            Kind::RedisRestart | Kind::DelaySpike => topology == "single",
+            Kind::Failover => topology != "single",
+            Kind::ClientPause => topology != "cluster",
+            Kind::InstanceKill | Kind::LeaderKill => true,
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -113,6 +176,7 @@ impl Kind {
             Kind::LeaderKill => "leader-kill",
             Kind::ClientPause => "client-pause",
             Kind::DelaySpike => "delay-spike",
+            Kind::Failover => "failover",
         }
     }
 }
@@ -124,6 +188,8 @@ pub struct Fault {
     pub at_ms: i64,
     pub lifted_ms: i64,
     pub detail: String,
+    /// A promise the harness saw broken while it struck (an instance not ready again).
+    pub broke: Option<String>,
 }
 
 struct Plan {
@@ -145,8 +211,9 @@ impl Plan {
         let minutes: f64 = var("CHAOS_MINUTES").map_or(15.0, |m| {
             m.parse().expect("CHAOS_MINUTES: a number of minutes")
         });
+        let topology = var("CHAOS_TOPOLOGY").unwrap_or_else(|| "single".into());
         let kinds = var("CHAOS_FAULTS").map_or_else(
-            || Kind::ALL.to_vec(),
+            || Kind::defaults(&topology),
             |list| {
                 list.split(',')
                     .map(|name| {
@@ -164,7 +231,7 @@ impl Plan {
         );
         Self {
             seed,
-            topology: var("CHAOS_TOPOLOGY").unwrap_or_else(|| "single".into()),
+            topology,
             duration: Duration::from_secs_f64(minutes * 60.0),
             kinds,
             instances: instances.clamp(2, 4),
@@ -196,13 +263,21 @@ pub const RECOVERY_LIMIT_MS: i64 = 10_000;
 const CLIENTS: usize = 12;
 
 fn run_and_check(plan: &Plan) {
-    assert!(
-        plan.topology == "single",
-        "topology {:?}: only \"single\" so far (Cluster and Sentinel come with the Redis HA \
-         issue)",
-        plan.topology
-    );
-    let Some(redis) = Redis::start() else {
+    for kind in &plan.kinds {
+        assert!(
+            kind.fits(&plan.topology),
+            "fault {} cannot strike topology {}",
+            kind.name(),
+            plan.topology
+        );
+    }
+    let backend = match plan.topology.as_str() {
+        "single" => Redis::start().map(Backend::Single),
+        "cluster" => Cluster::start_replicated(true).map(Backend::Cluster),
+        "sentinel" => Sentinels::start().map(Backend::Sentinel),
+        other => panic!("topology {other:?}: one of single, cluster, sentinel"),
+    };
+    let Some(backend) = backend else {
         return;
     };
     if !have("nginx") {
@@ -219,17 +294,16 @@ fn run_and_check(plan: &Plan) {
         redis_timeout_ms: REDIS_TIMEOUT_MS,
         skew_budget_ms: SKEW_BUDGET_MS,
         knows_skew_budget: binary_knows("--max-clock-skew-ms"),
+        cluster: plan.topology == "cluster",
     };
-    let store = Arc::new(Store {
-        port: redis.port,
-        redis: Mutex::new(redis),
-    });
+    let store = Arc::new(Store::new(backend));
     let members: Vec<Member> = (0..plan.instances)
         .map(|n| {
             let offset = rng.range(-MAX_OFFSET_MS, MAX_OFFSET_MS);
-            // The first instance is always distant; the others at a toss.
+            // The first instance is always distant; the others at a toss (one server only).
             let delay = (n == 0 || rng.chance(0.5)).then(|| rng.range(0, 40) as u64);
-            Member::new(n, store.port, offset, delay)
+            let link = store.port.zip(delay);
+            Member::new(n, &store.url, offset, link)
         })
         .collect();
     let members = Arc::new(Mutex::new(members));
@@ -484,13 +558,68 @@ fn strike(
     run_dir: &Path,
 ) -> Fault {
     let at_ms = now_ms();
+    let (mut lifted_ms, mut broke) = (None, None);
     let detail = match kind {
         Kind::RedisRestart => {
             let down = rng.range(0, 1500);
-            store.redis.lock().unwrap().kill();
+            let mut backend = store.backend.lock().unwrap();
+            let Backend::Single(redis) = &mut *backend else {
+                unreachable!("checked by Kind::fits")
+            };
+            redis.kill();
             thread::sleep(Duration::from_millis(down as u64));
-            store.redis.lock().unwrap().restart();
+            redis.restart();
             format!("down {down} ms, back empty")
+        }
+        Kind::Failover => {
+            let mut backend = store.backend.lock().unwrap();
+            let (killed, promoted_ms, back) = match &mut *backend {
+                Backend::Cluster(cluster) => {
+                    let masters = cluster.masters();
+                    // The seed at a toss, when it is a master: the case of issue 16.
+                    let n = if masters.contains(&0) && rng.chance(0.5) {
+                        0
+                    } else {
+                        masters[rng.below(masters.len() as u64) as usize]
+                    };
+                    let promoted = cluster.kill_master(n).expect("no replica took over");
+                    (format!("master n{n}"), promoted, n)
+                }
+                Backend::Sentinel(set) => {
+                    let (n, promoted) = set.kill_primary().expect("the sentinels failed over");
+                    (format!("primary s{n}"), promoted, n)
+                }
+                Backend::Single(_) => unreachable!("checked by Kind::fits"),
+            };
+            lifted_ms = Some(promoted_ms);
+            // A node failed over must not keep an instance unready (SPEC §6.4).
+            let ready = common::wait_for(Duration::from_millis(RECOVERY_LIMIT_MS as u64), || {
+                members
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .all(Member::is_ready)
+                    .then(now_ms)
+            });
+            let ready_after = match ready {
+                Some(ms) => format!("all ready {} ms after", ms - promoted_ms),
+                None => {
+                    broke = Some(format!(
+                        "an instance was not ready {RECOVERY_LIMIT_MS} ms after the promotion"
+                    ));
+                    "NOT READY".to_string()
+                }
+            };
+            thread::sleep(Duration::from_millis(rng.range(0, 2000) as u64));
+            match &mut *backend {
+                Backend::Cluster(cluster) => cluster.restart(back),
+                Backend::Sentinel(set) => set.restart(back),
+                Backend::Single(_) => unreachable!(),
+            }
+            format!(
+                "{killed} SIGKILLed, promoted after {} ms, {ready_after}; back as a replica",
+                promoted_ms - at_ms
+            )
         }
         Kind::InstanceKill => {
             let n = rng.below(members.lock().unwrap().len() as u64) as usize;
@@ -528,7 +657,10 @@ fn strike(
                 ["WRITE", "ALL"][rng.below(2) as usize],
             );
             let said = store.cli(&["CLIENT", "PAUSE", &ms.to_string(), what]);
-            assert!(said.contains("OK"), "CLIENT PAUSE: {said}");
+            assert!(
+                said.as_ref().is_some_and(|s| s.contains("OK")),
+                "CLIENT PAUSE: {said:?}"
+            );
             thread::sleep(Duration::from_millis(ms as u64));
             format!("{what} for {ms} ms")
         }
@@ -556,25 +688,28 @@ fn strike(
     Fault {
         kind,
         at_ms,
-        lifted_ms: now_ms(),
+        lifted_ms: lifted_ms.unwrap_or_else(now_ms),
         detail,
+        broke,
     }
 }
 
-/// Reads each window's ids from Redis soon after its count was read (single server, one
-/// shard): when a count falls short, the report names the ids Redis did not hold.
+/// Reads each window's ids from Redis soon after its count was read (one server holding the
+/// keys, one shard; not in a cluster): when a count falls short, the report names the ids
+/// Redis did not hold.
 fn audit(store: &Store, stop: &AtomicBool, started_ms: i64) -> HashMap<i64, HashSet<i64>> {
     let mut held = HashMap::new();
     let mut window = next_boundary(started_ms) / 1000;
     while !stop.load(Ordering::Relaxed) {
         sleep_until((window + WINDOW_SECS) * 1000 + grace_ms() + 1500);
         let key = format!("verve:{{{window}:0}}:ids");
-        let ids = store
-            .cli(&["SMEMBERS", &key])
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect();
-        held.insert(window, ids);
+        if let Some(members) = store.cli(&["SMEMBERS", &key]) {
+            let ids = members
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect();
+            held.insert(window, ids);
+        }
         window += WINDOW_SECS;
     }
     held

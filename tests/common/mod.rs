@@ -644,11 +644,16 @@ impl Redis {
     }
 
     pub fn start_with(extra: &[&str]) -> Option<Self> {
+        Self::start_on(free_port(), extra)
+    }
+
+    /// Like [`Redis::start_with`], on `port`.
+    pub fn start_on(port: u16, extra: &[&str]) -> Option<Self> {
         if !have("redis-server") {
             return None;
         }
         let mut redis = Self {
-            port: free_port(),
+            port,
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             ca: None,
@@ -742,7 +747,8 @@ impl Redis {
         Some(redis)
     }
 
-    fn launch(&mut self) {
+    /// Starts the server (again, after [`Redis::kill`]) with its directory and arguments.
+    pub fn launch(&mut self) {
         let port = self.port.to_string();
         let plain = if self.ca.is_some() {
             vec![]
@@ -805,23 +811,44 @@ impl Drop for Redis {
     }
 }
 
-/// A three-master Redis Cluster on loopback.
+/// A free loopback port whose cluster bus port (+10000) is free too.
+pub fn cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port < 55_536 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A Redis Cluster on loopback: three masters, and a replica of each with `replicas`
+/// (`cluster-node-timeout` 1000 ms then, so that a replica takes over a second or two after
+/// its master dies).
 pub struct Cluster {
     pub nodes: Vec<Redis>,
 }
 
 impl Cluster {
+    /// Three masters, no replicas.
     pub fn start() -> Option<Self> {
+        Self::start_replicated(false)
+    }
+
+    pub fn start_replicated(replicas: bool) -> Option<Self> {
+        let timeout = if replicas { "1000" } else { "5000" };
         let mut nodes = Vec::new();
-        for _ in 0..3 {
-            nodes.push(Redis::start_with(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "5000",
-            ])?);
+        for _ in 0..if replicas { 6 } else { 3 } {
+            nodes.push(Redis::start_on(
+                cluster_port(),
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    timeout,
+                ],
+            )?);
         }
         let addrs: Vec<String> = nodes
             .iter()
@@ -831,22 +858,237 @@ impl Cluster {
             Command::new("redis-cli")
                 .args(["--cluster", "create"])
                 .args(&addrs)
-                .args(["--cluster-replicas", "0", "--cluster-yes"]),
+                .args(["--cluster-replicas", if replicas { "1" } else { "0" }])
+                .arg("--cluster-yes"),
             "redis-cli --cluster create",
         );
-        let ok = wait_for(Duration::from_secs(20), || {
-            nodes
-                .iter()
-                .all(|n| n.cli(&["cluster", "info"]).contains("cluster_state:ok"))
-                .then_some(())
+        let cluster = Self { nodes };
+        let ok = wait_for(Duration::from_secs(30), || {
+            let all: Vec<usize> = (0..cluster.nodes.len()).collect();
+            cluster.settled(&all).then_some(())
         });
         assert!(ok.is_some(), "cluster did not become ok");
-        Some(Self { nodes })
+        Some(cluster)
     }
 
+    /// The seed URL: the first node (more seeds with [`Cluster::seeds_url`]).
     pub fn url(&self) -> String {
         self.nodes[0].url()
     }
+
+    /// Every node as a seed, comma-separated.
+    pub fn seeds_url(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis://{}", seeds.join(","))
+    }
+
+    /// The nodes that are masters now, by their own word.
+    pub fn masters(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].cli(&["role"]).lines().next() == Some("master"))
+            .collect()
+    }
+
+    /// Whether the `live` nodes all say the cluster is ok, with three masters serving every
+    /// slot, and every live replica in sync with its master.
+    fn settled(&self, live: &[usize]) -> bool {
+        live.iter().all(|&i| {
+            let node = &self.nodes[i];
+            let role = node.cli(&["role"]);
+            node.cli(&["cluster", "info"]).contains("cluster_state:ok")
+                && node
+                    .cli(&["cluster", "nodes"])
+                    .lines()
+                    .filter(|l| l.contains("master") && !l.contains("fail") && l.contains('-'))
+                    .count()
+                    == 3
+                && (role.starts_with("master")
+                    || node
+                        .cli(&["info", "replication"])
+                        .contains("master_link_status:up"))
+        })
+    }
+
+    /// SIGKILLs master `i` and waits until a replica has taken over its slots (every other
+    /// node says so); the epoch ms of that moment, or `None` after 30 s.
+    pub fn kill_master(&mut self, i: usize) -> Option<i64> {
+        self.nodes[i].kill();
+        let live: Vec<usize> = (0..self.nodes.len()).filter(|&n| n != i).collect();
+        wait_for(Duration::from_secs(30), || {
+            live.iter()
+                .all(|&n| {
+                    let nodes = self.nodes[n].cli(&["cluster", "nodes"]);
+                    let dead = format!("127.0.0.1:{}@", self.nodes[i].port);
+                    nodes
+                        .lines()
+                        .any(|l| l.contains(&dead) && l.contains("fail"))
+                        && self.nodes[n]
+                            .cli(&["cluster", "info"])
+                            .contains("cluster_state:ok")
+                })
+                .then(now_ms)
+        })
+    }
+
+    /// Starts node `i` again (with its cluster config: it rejoins as a replica) and waits
+    /// until the whole cluster is settled again.
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].launch();
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        let ok = wait_for(Duration::from_secs(30), || self.settled(&all).then_some(()));
+        assert!(
+            ok.is_some(),
+            "the cluster did not settle after node {i} came back"
+        );
+    }
+}
+
+/// A Redis primary with two replicas and three sentinels watching it (`verve` the service
+/// name, quorum 2, a primary deemed down after 1000 ms), all on loopback.
+pub struct Sentinels {
+    pub servers: Vec<Redis>,
+    sentinels: Vec<Child>,
+    pub ports: Vec<u16>,
+    _dir: TempDir,
+}
+
+impl Sentinels {
+    pub const SERVICE: &str = "verve";
+
+    pub fn start() -> Option<Self> {
+        if !have("redis-sentinel") {
+            return None;
+        }
+        let primary = Redis::start()?;
+        let of = primary.port.to_string();
+        let mut servers = vec![primary];
+        for _ in 0..2 {
+            servers.push(Redis::start_with(&["--replicaof", "127.0.0.1", &of])?);
+        }
+        let dir = TempDir::new("sentinel");
+        let (mut sentinels, mut ports) = (Vec::new(), Vec::new());
+        for n in 0..3 {
+            let port = free_port();
+            let conf = dir.0.join(format!("sentinel-{n}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                     sentinel monitor {name} 127.0.0.1 {of} 2\n\
+                     sentinel down-after-milliseconds {name} 1000\n\
+                     sentinel failover-timeout {name} 3000\n\
+                     sentinel parallel-syncs {name} 2\n",
+                    dir = dir.0.display(),
+                    name = Self::SERVICE,
+                ),
+            )
+            .unwrap();
+            let child = Command::new("redis-sentinel")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("spawn redis-sentinel");
+            sentinels.push(child);
+            ports.push(port);
+        }
+        let set = Self {
+            servers,
+            sentinels,
+            ports,
+            _dir: dir,
+        };
+        let ok = wait_for(Duration::from_secs(20), || {
+            set.ports
+                .iter()
+                .all(|&p| {
+                    let replicas = sentinel_cli(p, &["sentinel", "replicas", Self::SERVICE]);
+                    replicas.matches("flags\nslave\n").count() == 2
+                        && sentinel_cli(p, &["sentinel", "sentinels", Self::SERVICE])
+                            .matches("flags\nsentinel\n")
+                            .count()
+                            == 2
+                })
+                .then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "the sentinels did not find the replicas and each other"
+        );
+        Some(set)
+    }
+
+    /// `redis-sentinel://` naming every sentinel.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!(
+            "redis-sentinel://{}?sentinelServiceName={}",
+            hosts.join(","),
+            Self::SERVICE
+        )
+    }
+
+    /// The server every sentinel names as the primary, if they agree.
+    pub fn primary(&self) -> Option<usize> {
+        let named: Vec<String> = self
+            .ports
+            .iter()
+            .map(|&p| sentinel_cli(p, &["sentinel", "get-master-addr-by-name", Self::SERVICE]))
+            .collect();
+        let port: u16 = named[0].lines().nth(1)?.trim().parse().ok()?;
+        (named.iter().all(|n| *n == named[0]))
+            .then(|| self.servers.iter().position(|s| s.port == port))
+            .flatten()
+    }
+
+    /// SIGKILLs the primary and waits until every sentinel names another, which says it is
+    /// the master: (the one killed, the epoch ms of that moment), or `None` after 30 s.
+    pub fn kill_primary(&mut self) -> Option<(usize, i64)> {
+        let old = self.primary()?;
+        self.servers[old].kill();
+        wait_for(Duration::from_secs(30), || {
+            let new = self.primary().filter(|&n| n != old)?;
+            let role = self.servers[new].cli(&["role"]);
+            role.starts_with("master").then(|| (old, now_ms()))
+        })
+    }
+
+    /// Starts server `i` again, empty (the sentinels make it a replica of the primary), and
+    /// waits until it is one, in sync.
+    pub fn restart(&mut self, i: usize) {
+        self.servers[i].launch();
+        let ok = wait_for(Duration::from_secs(30), || {
+            let info = self.servers[i].cli(&["info", "replication"]);
+            (info.contains("role:slave") && info.contains("master_link_status:up")).then_some(())
+        });
+        assert!(ok.is_some(), "server {i} did not become a replica in sync");
+    }
+}
+
+impl Drop for Sentinels {
+    fn drop(&mut self) {
+        for child in &mut self.sentinels {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs redis-cli against the sentinel on `port`; its stdout.
+pub fn sentinel_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// nginx as a load balancer on a free loopback port in front of `upstreams`.
