@@ -509,3 +509,64 @@ fn fleet_over_tls_with_a_private_ca() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--redis-url"));
 }
+
+/// A master that refuses writes (`min-replicas-to-write 1` with its replica gone: every write
+/// answers `NOREPLICAS`, as a minority master does in a split brain) gets no `ok` out of
+/// verve: 503, and nothing of those ids lands in Redis. Once the replica is back, `ok`
+/// again, and the fleet counts every id answered ok.
+#[test]
+fn a_master_refusing_writes_gets_503_not_ok() {
+    let _serial = serial();
+    let Some(master) = Redis::start_with(&[
+        "--min-replicas-to-write",
+        "1",
+        "--min-replicas-max-lag",
+        "10",
+    ]) else {
+        return;
+    };
+    let of = master.port.to_string();
+    let mut replica = Redis::start_with(&["--replicaof", "127.0.0.1", &of]).unwrap();
+    let writes = |master: &Redis| master.cli(&["SET", "probe", "1"]).trim() == "OK";
+    let synced = wait_for(Duration::from_secs(10), || writes(&master).then_some(()));
+    assert!(synced.is_some(), "the master never took a write");
+    let url = master.url();
+    let verve = Verve::start(&fleet_args(&url, &[]));
+
+    let window = sleep_into_next_window(SECS, 100);
+    let before: Vec<i64> = (0..50).collect();
+    assert!(send_ids(verve.addr, &before, 2, "").iter().all(|(_, s)| *s == 200));
+    replica.kill();
+    let refusing = wait_for(Duration::from_secs(10), || {
+        master
+            .cli(&["SET", "probe", "1"])
+            .contains("NOREPLICAS")
+            .then_some(())
+    });
+    assert!(refusing.is_some(), "the master kept taking writes");
+    let refused: Vec<i64> = (1000..1050).collect();
+    let answers = send_ids(verve.addr, &refused, 2, "");
+    assert!(
+        answers.iter().all(|(_, s)| *s == 503),
+        "a refused write was answered: {:?}",
+        answers.iter().filter(|(_, s)| *s != 503).collect::<Vec<_>>()
+    );
+    let key = format!("verve:{{{window}:0}}:ids");
+    let held: HashSet<i64> = master
+        .cli(&["SMEMBERS", &key])
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert!(before.iter().all(|id| held.contains(id)));
+    assert!(refused.iter().all(|id| !held.contains(id)), "{held:?}");
+
+    replica.launch();
+    let back = wait_for(Duration::from_secs(15), || {
+        (writes(&master) && verve.get("/readyz").status == 200).then_some(())
+    });
+    assert!(back.is_some(), "verve did not serve again once writes were taken");
+    let window = sleep_into_next_window(SECS, 100);
+    let after: Vec<i64> = (2000..2100).collect();
+    assert!(send_ids(verve.addr, &after, 2, "").iter().all(|(_, s)| *s == 200));
+    assert_fleet_count(&verve, window, 100);
+}
