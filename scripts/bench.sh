@@ -6,6 +6,8 @@
 #   single-endpoint single node, every id fresh, each with one of 16 percent-encoded endpoints
 #   fleet-unique    fleet mode on a local redis-server, every id fresh target >= 0.70 x bare
 #   fleet-repeat    fleet mode, every id sent 10 times                 target >= 0.90 x bare
+#   fleet-cluster   fleet mode on a 3-master Redis Cluster on this machine (--redis-cluster,
+#                   16 shards), every id fresh: for the record (not among the defaults)
 # Usage: scripts/bench.sh [SECONDS_PER_RUN] [ROUNDS] [SCENARIO...]   (defaults: 10 7, all)
 # Every run is paired with a bare run just before it; prints each run's rate, p99 (wrk's,
 # indicative), ratio and CPU time per request of each process (from /proc/<pid>/stat over the
@@ -44,14 +46,46 @@ start_server fleet_pid fleet_addr "$tmp/fleet.out" target/release/verve \
   --listen 127.0.0.1:0 --log-file "$tmp/fleet.log" --redis-url "redis://127.0.0.1:$redis_port" \
   ${BENCH_FLEET_ARGS---redis-shards 1}
 pids+=("$fleet_pid")
+cluster_pids=()
+cluster_ports=()
+if [[ " ${scenarios[*]} " == *" fleet-cluster "* ]]; then
+  # Three masters whose cluster bus ports (+10000) are free too.
+  while [ ${#cluster_ports[@]} -lt 3 ]; do
+    p=$(free_port)
+    [ "$p" -lt 55536 ] && ! (echo >"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null && cluster_ports+=("$p")
+  done
+  for p in "${cluster_ports[@]}"; do
+    mkdir -p "$tmp/cluster-$p"
+    redis-server --port "$p" --bind 127.0.0.1 --save "" --appendonly no --dir "$tmp/cluster-$p" \
+      --cluster-enabled yes --cluster-config-file nodes.conf >"$tmp/cluster-$p.out" 2>&1 &
+    cluster_pids+=($!)
+    pids+=($!)
+  done
+  for p in "${cluster_ports[@]}"; do
+    for _ in $(seq 1 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.05; done
+  done
+  redis-cli --cluster create "${cluster_ports[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >/dev/null
+  for _ in $(seq 1 100); do redis-cli -p "${cluster_ports[0]}" cluster info | grep -q cluster_state:ok && break; sleep 0.1; done
+  start_server cluster_fleet_pid cluster_fleet_addr "$tmp/cluster-fleet.out" target/release/verve \
+    --listen 127.0.0.1:0 --log-file "$tmp/cluster-fleet.log" --redis-cluster \
+    --redis-url "redis://127.0.0.1:${cluster_ports[0]}"
+  pids+=("$cluster_fleet_pid")
+fi
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system CPU, in clock ticks
+# Redis's CPU ticks: the one server's, or the cluster's masters' summed.
+redis_ticks() {
+  local t
+  t=$(ticks "$redis_pid")
+  for p in "${cluster_pids[@]}"; do t=$((t + $(ticks "$p"))); done
+  echo "$t"
+}
 tick_us=$(awk -v hz="$(getconf CLK_TCK)" 'BEGIN {print 1000000 / hz}')
 run() { # run ADDR SCRIPT PID -> prints "rate p99 requests cpu_us_per_request redis_cpu_us_per_request"
   local t0 r0 t1 r1
-  t0=$(ticks "$3"); r0=$(ticks "$redis_pid")
+  t0=$(ticks "$3"); r0=$(redis_ticks)
   wrk -t2 -c"$conns" -d"${secs}s" --latency -s "scripts/wrk/$2.lua" "http://$1/api/verve/accept" >"$tmp/wrk.out"
-  t1=$(ticks "$3"); r1=$(ticks "$redis_pid")
+  t1=$(ticks "$3"); r1=$(redis_ticks)
   grep -q "Non-2xx" "$tmp/wrk.out" && { echo "non-2xx answers:" >&2; cat "$tmp/wrk.out" >&2; exit 1; }
   local rate p99 n
   rate=$(awk '/^Requests\/sec:/ {print $2}' "$tmp/wrk.out")
@@ -60,7 +94,10 @@ run() { # run ADDR SCRIPT PID -> prints "rate p99 requests cpu_us_per_request re
   awk -v rate="$rate" -v p99="$p99" -v n="$n" -v t=$((t1 - t0)) -v r=$((r1 - r0)) -v us="$tick_us" \
     'BEGIN {printf "%s %s %s %.3f %.3f\n", rate, p99, n, t * us / n, r * us / n}'
 }
-redis_calls() { redis-cli -p "$redis_port" info commandstats | awk -F'[:=,]' '/^cmdstat_/ {n += $3} END {print n+0}'; }
+redis_calls() {
+  for p in "$redis_port" "${cluster_ports[@]}"; do redis-cli -p "$p" info commandstats; done |
+    awk -F'[:=,]' '/^cmdstat_/ {n += $3} END {print n+0}'
+}
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 
 echo "wrk -t2 -c$conns -d${secs}s, $rounds rounds, each run paired with a bare run; bare=$bare_addr single=$single_addr fleet=$fleet_addr (${BENCH_FLEET_ARGS---redis-shards 1}) redis=:$redis_port"
@@ -76,6 +113,7 @@ for r in $(seq 1 "$rounds"); do
       single-endpoint) addr=$single_addr pid=$single_pid script=endpoint ;;
       fleet-unique) addr=$fleet_addr pid=$fleet_pid script=unique ;;
       fleet-repeat) addr=$fleet_addr pid=$fleet_pid script=repeat10 ;;
+      fleet-cluster) addr=$cluster_fleet_addr pid=$cluster_fleet_pid script=unique ;;
       *) echo "unknown scenario $s" >&2; exit 2 ;;
     esac
     # Each run is paired with a bare run just before it: this VM's speed drifts by 10-20 %
@@ -104,7 +142,7 @@ for r in $(seq 1 "$rounds"); do
 done
 printf '\nmedian bare %.0f req/s, cpu %s us/req\n' "$(median <"$tmp/bare.rates")" "$(median <"$tmp/bare.cpu")"
 for s in "${scenarios[@]}"; do
-  target=$(case $s in single) echo 0.95 ;; single-endpoint) echo - ;; fleet-unique) echo 0.70 ;; fleet-repeat) echo 0.90 ;; esac)
+  target=$(case $s in single) echo 0.95 ;; single-endpoint) echo - ;; fleet-unique) echo 0.70 ;; fleet-repeat) echo 0.90 ;; *) echo - ;; esac)
   fleet=""
   [ -s "$tmp/$s.cpr" ] && fleet=", redis cpu $(median <"$tmp/$s.rcpu") us/req, commands/request $(median <"$tmp/$s.cpr")"
   printf '%-15s %9.0f req/s  median ratio %.3f (target >= %s)  cpu %s us/req, median %.3fx bare%s\n' "$s" \

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use fred::bytes_utils::Str;
 use fred::prelude::*;
-use fred::types::config::{ClusterDiscoveryPolicy, UnresponsiveConfig};
+use fred::types::config::{ClusterDiscoveryPolicy, ReconnectError, UnresponsiveConfig};
 use fred::types::{Expiration, MultipleKeys, SetOptions};
 use futures::StreamExt;
 use futures::future::try_join_all;
@@ -499,6 +499,22 @@ impl Store {
     /// Whether every connection is up.
     pub fn is_connected(&self) -> bool {
         self.client.is_connected() && self.adders.iter().all(|a| a.client.is_connected())
+    }
+
+    /// Drops and rebuilds every connection, in the background: for a server that stopped
+    /// answering with its connections up (SIGSTOPped, a hung host, a partition). fred's own
+    /// check for an unresponsive connection counts from the last write, so a connection
+    /// written to more often than that (heartbeats, retries, load) is never found out; a
+    /// reconnection asks the sentinels (or the cluster) where the primary is now.
+    pub fn reconnect(&self) {
+        for client in std::iter::once(&self.client).chain(self.adders.iter().map(|a| &a.client)) {
+            let client = client.clone();
+            tokio::spawn(async move {
+                if let Err(e) = client.force_reconnection().await {
+                    log::debug!("a forced reconnection failed: {e}");
+                }
+            });
+        }
     }
 
     /// Reconnections so far.
@@ -1093,8 +1109,23 @@ fn build_client(settings: &Settings, connect_timeout: Duration) -> Result<Client
     Builder::from_config(config)
         .with_performance_config(|p| p.default_command_timeout = timeout)
         .with_connection_config(|c| {
-            c.connection_timeout = connect_timeout;
-            c.internal_command_timeout = connect_timeout;
+            // A reconnection gives up on a server that does not answer its set-up (a stalled
+            // primary's socket still accepts) in a second or two, and asks again where the
+            // primary is: the first connection has `connect_timeout` in all (`init`).
+            let setup = (timeout * 2)
+                .max(Duration::from_secs(1))
+                .min(connect_timeout);
+            c.connection_timeout = setup;
+            c.internal_command_timeout = setup;
+            // A master turned replica under its clients (a manual or Sentinel failover, a
+            // stale master demoted) answers writes `READONLY` on a connection that stays
+            // up: reconnect then, and find the primary again (Sentinel asks the sentinels),
+            // as on `LOADING` and `CLUSTERDOWN`.
+            c.reconnect_errors = vec![
+                ReconnectError::ReadOnly,
+                ReconnectError::Loading,
+                ReconnectError::ClusterDown,
+            ];
             // A connection that stops answering is dropped and rebuilt, not waited on.
             c.unresponsive = UnresponsiveConfig {
                 max_timeout: Some(timeout * 4),

@@ -535,7 +535,11 @@ fn a_master_refusing_writes_gets_503_not_ok() {
 
     let window = sleep_into_next_window(SECS, 100);
     let before: Vec<i64> = (0..50).collect();
-    assert!(send_ids(verve.addr, &before, 2, "").iter().all(|(_, s)| *s == 200));
+    assert!(
+        send_ids(verve.addr, &before, 2, "")
+            .iter()
+            .all(|(_, s)| *s == 200)
+    );
     replica.kill();
     let refusing = wait_for(Duration::from_secs(10), || {
         master
@@ -549,7 +553,10 @@ fn a_master_refusing_writes_gets_503_not_ok() {
     assert!(
         answers.iter().all(|(_, s)| *s == 503),
         "a refused write was answered: {:?}",
-        answers.iter().filter(|(_, s)| *s != 503).collect::<Vec<_>>()
+        answers
+            .iter()
+            .filter(|(_, s)| *s != 503)
+            .collect::<Vec<_>>()
     );
     let key = format!("verve:{{{window}:0}}:ids");
     let held: HashSet<i64> = master
@@ -564,9 +571,16 @@ fn a_master_refusing_writes_gets_503_not_ok() {
     let back = wait_for(Duration::from_secs(15), || {
         (writes(&master) && verve.get("/readyz").status == 200).then_some(())
     });
-    assert!(back.is_some(), "verve did not serve again once writes were taken");
+    assert!(
+        back.is_some(),
+        "verve did not serve again once writes were taken"
+    );
     let window = sleep_into_next_window(SECS, 100);
     let after: Vec<i64> = (2000..2100).collect();
-    assert!(send_ids(verve.addr, &after, 2, "").iter().all(|(_, s)| *s == 200));
+    assert!(
+        send_ids(verve.addr, &after, 2, "")
+            .iter()
+            .all(|(_, s)| *s == 200)
+    );
     assert_fleet_count(&verve, window, 100);
 }

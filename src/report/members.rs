@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::Shared;
+use crate::store::StoreError;
 
 /// How long a heartbeat keeps an instance a member without renewal.
 pub const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
@@ -56,6 +57,8 @@ pub async fn run(shared: Arc<Shared>) {
     let mut last_ack: Option<Instant> = None;
     let mut clock_beyond = false;
     let mut failing = false;
+    // When this instance last made every connection start again (see below).
+    let mut reconnected: Option<Instant> = None;
     loop {
         let sent = Instant::now();
         let local_sent = shared.clock.now_ms();
@@ -116,6 +119,20 @@ pub async fn run(shared: Arc<Shared>) {
                 if !failing {
                     log::warn!("renewing this instance's heartbeat failed: {e}");
                     failing = true;
+                }
+                // Connected, but nothing answered for as long as the fence allows: the
+                // server stopped answering under live connections (a stalled or paused
+                // primary, while a replica may be promoted). Start every connection again,
+                // once per fence period (each attempt waits out the connect timeout).
+                let stuck = !is_member(last_ack, false)
+                    && reconnected.is_none_or(|at| at.elapsed() >= FENCE_AFTER);
+                if e == StoreError::Timeout && stuck {
+                    log::warn!(
+                        "Redis has not answered for {} ms: reconnecting every connection",
+                        FENCE_AFTER.as_millis()
+                    );
+                    store.reconnect();
+                    reconnected = Some(Instant::now());
                 }
             }
         }

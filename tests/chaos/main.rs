@@ -9,9 +9,11 @@
 //! - `leader-kill`: the instance delivering a window's callbacks SIGKILLed mid-delivery;
 //! - `client-pause`: `CLIENT PAUSE` (writes or all) for up to 2 s;
 //! - `delay-spike`: one instance's link to Redis slowed to 150–600 ms for up to 3 s;
-//! - `failover` (Cluster with replicas, Sentinel): a master (the primary) SIGKILLed; once a
-//!   replica is promoted every instance must be ready again, and the killed server comes
-//!   back as a replica.
+//! - `failover` (Cluster with replicas, Sentinel): a master (the primary) SIGKILLed,
+//!   SIGSTOPped (its clients stay connected; it wakes up a stale master) or failed over by
+//!   hand (`CLUSTER FAILOVER`, `SENTINEL FAILOVER`: it turns replica under its connected
+//!   clients); once a replica is promoted every instance must be ready again, and the old
+//!   master comes back as a replica (SIGCONT, or started again).
 //!
 //! Three topologies: `single` (one server, some instances through delay links), `cluster`
 //! (three masters, a replica each, the instances given one seed) and `sentinel` (a primary,
@@ -39,7 +41,9 @@ use std::thread;
 use std::time::Duration;
 
 use check::{Answer, Evidence};
-use common::{Cluster, Conn, Nginx, Receiver, Redis, Sentinels, encode, have, now_ms, rfc3339};
+use common::{
+    Cluster, Conn, Failure, Nginx, Receiver, Redis, Sentinels, encode, have, now_ms, rfc3339,
+};
 use fleet::{Backend, Member, Settings, Store};
 
 /// A short fixed schedule of every kind of fault: Redis restarted empty at random moments
@@ -572,6 +576,7 @@ fn strike(
             format!("down {down} ms, back empty")
         }
         Kind::Failover => {
+            let how = [Failure::Kill, Failure::Stop, Failure::Manual][rng.below(3) as usize];
             let mut backend = store.backend.lock().unwrap();
             let (killed, promoted_ms, back) = match &mut *backend {
                 Backend::Cluster(cluster) => {
@@ -582,11 +587,11 @@ fn strike(
                     } else {
                         masters[rng.below(masters.len() as u64) as usize]
                     };
-                    let promoted = cluster.kill_master(n).expect("no replica took over");
+                    let promoted = cluster.fail_master(n, how).expect("no replica took over");
                     (format!("master n{n}"), promoted, n)
                 }
                 Backend::Sentinel(set) => {
-                    let (n, promoted) = set.kill_primary().expect("the sentinels failed over");
+                    let (n, promoted) = set.fail_primary(how).expect("the sentinels failed over");
                     (format!("primary s{n}"), promoted, n)
                 }
                 Backend::Single(_) => unreachable!("checked by Kind::fits"),
@@ -612,12 +617,13 @@ fn strike(
             };
             thread::sleep(Duration::from_millis(rng.range(0, 2000) as u64));
             match &mut *backend {
-                Backend::Cluster(cluster) => cluster.restart(back),
-                Backend::Sentinel(set) => set.restart(back),
+                Backend::Cluster(cluster) => cluster.revive(back, how),
+                Backend::Sentinel(set) => set.revive(back, how),
                 Backend::Single(_) => unreachable!(),
             }
             format!(
-                "{killed} SIGKILLed, promoted after {} ms, {ready_after}; back as a replica",
+                "{killed} {}, promoted after {} ms, {ready_after}; back as a replica",
+                how.name(),
                 promoted_ms - at_ms
             )
         }

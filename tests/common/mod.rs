@@ -790,6 +790,16 @@ impl Redis {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Sends `signal` (`STOP`, `CONT`) to the server.
+    pub fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
     /// SIGKILLs the server: everything in it is lost.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -808,6 +818,29 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// How a master is failed over in a test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// SIGKILL: its connections close; it comes back started again, empty.
+    Kill,
+    /// SIGSTOP: its clients stay connected to a server that does not answer; SIGCONT wakes
+    /// it up a stale master.
+    Stop,
+    /// An operator's failover (`CLUSTER FAILOVER` on its replica, `SENTINEL FAILOVER`): it
+    /// turns replica with its clients still connected, which then get `MOVED`/`READONLY`.
+    Manual,
+}
+
+impl Failure {
+    pub fn name(self) -> &'static str {
+        match self {
+            Failure::Kill => "SIGKILLed",
+            Failure::Stop => "SIGSTOPped",
+            Failure::Manual => "failed over by hand",
+        }
     }
 }
 
@@ -913,10 +946,30 @@ impl Cluster {
         })
     }
 
-    /// SIGKILLs master `i` and waits until a replica has taken over its slots (every other
-    /// node says so); the epoch ms of that moment, or `None` after 30 s.
-    pub fn kill_master(&mut self, i: usize) -> Option<i64> {
-        self.nodes[i].kill();
+    /// SIGKILLs master `i` (SIGSTOPs it with `stop`: its clients stay connected to it) and
+    /// waits until a replica has taken over its slots (every other node says so); the epoch
+    /// ms of that moment, or `None` after 30 s.
+    pub fn fail_master(&mut self, i: usize, how: Failure) -> Option<i64> {
+        match how {
+            Failure::Stop => self.nodes[i].signal("STOP"),
+            Failure::Kill => self.nodes[i].kill(),
+            Failure::Manual => {
+                let id = self.nodes[i].cli(&["cluster", "myid"]).trim().to_string();
+                let replica = (0..self.nodes.len()).find(|&n| {
+                    self.nodes[n]
+                        .cli(&["cluster", "nodes"])
+                        .lines()
+                        .any(|l| l.contains("myself,slave") && l.contains(&id))
+                })?;
+                let said = self.nodes[replica].cli(&["cluster", "failover"]);
+                assert!(said.contains("OK"), "CLUSTER FAILOVER: {said}");
+                let all: Vec<usize> = (0..self.nodes.len()).collect();
+                return wait_for(Duration::from_secs(30), || {
+                    (self.nodes[replica].cli(&["role"]).starts_with("master") && self.settled(&all))
+                        .then(now_ms)
+                });
+            }
+        }
         let live: Vec<usize> = (0..self.nodes.len()).filter(|&n| n != i).collect();
         wait_for(Duration::from_secs(30), || {
             live.iter()
@@ -934,10 +987,15 @@ impl Cluster {
         })
     }
 
-    /// Starts node `i` again (with its cluster config: it rejoins as a replica) and waits
-    /// until the whole cluster is settled again.
-    pub fn restart(&mut self, i: usize) {
-        self.nodes[i].launch();
+    /// Brings node `i` back after [`Cluster::fail_master`] (SIGCONT, or started again with
+    /// its cluster config): it learns it was failed over and turns replica. Waits until the
+    /// whole cluster is settled again.
+    pub fn revive(&mut self, i: usize, how: Failure) {
+        match how {
+            Failure::Stop => self.nodes[i].signal("CONT"),
+            Failure::Kill => self.nodes[i].launch(),
+            Failure::Manual => {}
+        }
         let all: Vec<usize> = (0..self.nodes.len()).collect();
         let ok = wait_for(Duration::from_secs(30), || self.settled(&all).then_some(()));
         assert!(
@@ -1048,11 +1106,19 @@ impl Sentinels {
             .flatten()
     }
 
-    /// SIGKILLs the primary and waits until every sentinel names another, which says it is
-    /// the master: (the one killed, the epoch ms of that moment), or `None` after 30 s.
-    pub fn kill_primary(&mut self) -> Option<(usize, i64)> {
+    /// SIGKILLs the primary (SIGSTOPs it with `stop`: its clients stay connected, and it
+    /// wakes up a stale primary) and waits until every sentinel names another, which says it
+    /// is the master: (the old one, the epoch ms of that moment), or `None` after 30 s.
+    pub fn fail_primary(&mut self, how: Failure) -> Option<(usize, i64)> {
         let old = self.primary()?;
-        self.servers[old].kill();
+        match how {
+            Failure::Stop => self.servers[old].signal("STOP"),
+            Failure::Kill => self.servers[old].kill(),
+            Failure::Manual => {
+                let said = sentinel_cli(self.ports[0], &["sentinel", "failover", Self::SERVICE]);
+                assert!(said.contains("OK"), "SENTINEL FAILOVER: {said}");
+            }
+        }
         wait_for(Duration::from_secs(30), || {
             let new = self.primary().filter(|&n| n != old)?;
             let role = self.servers[new].cli(&["role"]);
@@ -1060,10 +1126,15 @@ impl Sentinels {
         })
     }
 
-    /// Starts server `i` again, empty (the sentinels make it a replica of the primary), and
-    /// waits until it is one, in sync.
-    pub fn restart(&mut self, i: usize) {
-        self.servers[i].launch();
+    /// Brings server `i` back after [`Sentinels::fail_primary`] (SIGCONT, or started again
+    /// empty): the sentinels make it a replica of the new primary. Waits until it is one, in
+    /// sync.
+    pub fn revive(&mut self, i: usize, how: Failure) {
+        match how {
+            Failure::Stop => self.servers[i].signal("CONT"),
+            Failure::Kill => self.servers[i].launch(),
+            Failure::Manual => {}
+        }
         let ok = wait_for(Duration::from_secs(30), || {
             let info = self.servers[i].cli(&["info", "replication"]);
             (info.contains("role:slave") && info.contains("master_link_status:up")).then_some(())
