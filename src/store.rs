@@ -1110,9 +1110,10 @@ fn build_client(settings: &Settings, connect_timeout: Duration) -> Result<Client
         .with_performance_config(|p| p.default_command_timeout = timeout)
         .with_connection_config(|c| {
             // A reconnection gives up on a server that does not answer its set-up (a stalled
-            // primary's socket still accepts) in a second or two, and asks again where the
-            // primary is: the first connection has `connect_timeout` in all (`init`).
-            let setup = (timeout * 2)
+            // primary's socket still accepts) in a second by default, and asks again where
+            // the primary is; the set-up is a few round trips, each within `timeout` on a
+            // slow link. The first connection has `connect_timeout` in all (`init`).
+            let setup = (timeout * 3)
                 .max(Duration::from_secs(1))
                 .min(connect_timeout);
             c.connection_timeout = setup;

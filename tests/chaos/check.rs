@@ -290,6 +290,30 @@ impl Summary {
                 times.len(),
             );
         }
+        // Failovers by way: how long the promotion took, then the next `ok` after it.
+        let mut ways: BTreeMap<&str, (Vec<i64>, Vec<i64>)> = BTreeMap::new();
+        for (f, r) in faults.iter().zip(&self.recovery) {
+            if let Some((how, promoted)) = f.failover {
+                let (promotions, recoveries) = ways.entry(how.name()).or_default();
+                promotions.push(promoted);
+                recoveries.extend(r);
+            }
+        }
+        for (how, (mut promotions, mut recoveries)) in ways {
+            promotions.sort_unstable();
+            recoveries.sort_unstable();
+            let mid = |v: &[i64]| v.get(v.len() / 2).copied().unwrap_or(-1);
+            let _ = writeln!(
+                out,
+                "    {how}: {} — promoted after median {} ms (worst {}); next ok after the \
+                 promotion: median {} ms, worst {} ms",
+                promotions.len(),
+                mid(&promotions),
+                promotions.last().unwrap_or(&-1),
+                mid(&recoveries),
+                recoveries.last().unwrap_or(&-1)
+            );
+        }
         let _ = writeln!(out, "violations: {}", self.violations.len());
         for v in &self.violations {
             let window = v.window.map_or_else(|| "-".to_string(), rfc3339);

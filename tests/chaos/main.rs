@@ -194,6 +194,8 @@ pub struct Fault {
     pub detail: String,
     /// A promise the harness saw broken while it struck (an instance not ready again).
     pub broke: Option<String>,
+    /// A failover's way (SIGKILL, SIGSTOP, by hand) and how long its promotion took.
+    pub failover: Option<(Failure, i64)>,
 }
 
 struct Plan {
@@ -562,7 +564,7 @@ fn strike(
     run_dir: &Path,
 ) -> Fault {
     let at_ms = now_ms();
-    let (mut lifted_ms, mut broke) = (None, None);
+    let (mut lifted_ms, mut broke, mut failover) = (None, None, None);
     let detail = match kind {
         Kind::RedisRestart => {
             let down = rng.range(0, 1500);
@@ -597,6 +599,7 @@ fn strike(
                 Backend::Single(_) => unreachable!("checked by Kind::fits"),
             };
             lifted_ms = Some(promoted_ms);
+            failover = Some((how, promoted_ms - at_ms));
             // A node failed over must not keep an instance unready (SPEC §6.4).
             let ready = common::wait_for(Duration::from_millis(RECOVERY_LIMIT_MS as u64), || {
                 members
@@ -697,6 +700,7 @@ fn strike(
         lifted_ms: lifted_ms.unwrap_or_else(now_ms),
         detail,
         broke,
+        failover,
     }
 }
 
