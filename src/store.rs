@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use fred::bytes_utils::Str;
 use fred::prelude::*;
-use fred::types::config::{ClusterDiscoveryPolicy, ReconnectError, UnresponsiveConfig};
+use fred::types::config::{
+    ClusterDiscoveryPolicy, ReconnectError, ServerConfig, UnresponsiveConfig,
+};
 use fred::types::{Expiration, MultipleKeys, SetOptions};
 use futures::StreamExt;
 use futures::future::try_join_all;
@@ -338,6 +340,10 @@ pub struct Store {
     cluster: bool,
     /// The first window this instance may answer for ([`Store::serve_from`]).
     first_window: std::sync::OnceLock<i64>,
+    /// With Sentinel: a connection to each sentinel, and the service's name.
+    sentinels: Option<(Vec<Client>, String)>,
+    /// `--redis-timeout-ms`.
+    timeout: Duration,
 }
 
 /// Which run of Redis the fleet's keys live in: the masters' `run_id`s (one, or a sorted
@@ -419,6 +425,7 @@ impl Store {
     ) -> Result<Self, String> {
         let client = build_client(settings, connect_timeout)?;
         init(&client, connect_timeout).await?;
+        let sentinels = sentinel_clients(settings, connect_timeout)?;
         let mut adders = Vec::with_capacity(lanes.len());
         for lane in 0..lanes.len() {
             let client = build_client(settings, connect_timeout)?;
@@ -487,7 +494,61 @@ impl Store {
             generation,
             cluster: settings.cluster,
             first_window: std::sync::OnceLock::new(),
+            sentinels,
+            timeout: settings.timeout,
         })
+    }
+
+    /// With Sentinel, checks that every connection is on the server the sentinels name as
+    /// the primary, and reconnects those that are not (fred asks the sentinels only when it
+    /// connects): `Err(Unavailable)` then. A primary failed over by hand, or demoted only
+    /// later (a sentinel looks at the old one every 10 s), keeps taking writes on the
+    /// connections still open to it, which the new primary never sees; so no heartbeat,
+    /// generation read or count may run there. Sentinels that do not answer change nothing
+    /// (the primary may be fine).
+    async fn follow_primary(&self) -> Result<(), StoreError> {
+        let Some((sentinels, service)) = &self.sentinels else {
+            return Ok(());
+        };
+        let ask = fred::types::CustomCommand::new_static("SENTINEL", None, false);
+        let mut named = None;
+        for sentinel in sentinels.iter().filter(|s| s.is_connected()) {
+            let args: Vec<Value> = vec!["get-master-addr-by-name".into(), service.as_str().into()];
+            if let Ok(Value::Array(addr)) = sentinel.custom::<Value, _>(ask.clone(), args).await
+                && let [host, port] = &addr[..]
+                && let (Some(host), Some(port)) = (host.as_string(), port.as_string())
+                && let Ok(port) = port.parse::<u16>()
+            {
+                named = Some((host, port));
+                break;
+            }
+        }
+        let Some((host, port)) = named else {
+            return Ok(());
+        };
+        let mut moved = false;
+        for client in std::iter::once(&self.client).chain(self.adders.iter().map(|a| &a.client)) {
+            let elsewhere = client
+                .active_connections()
+                .iter()
+                .any(|server| server.port != port || *server.host != *host);
+            if elsewhere {
+                moved = true;
+                let client = client.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = client.force_reconnection().await {
+                        log::debug!("a reconnection to the new primary failed: {e}");
+                    }
+                });
+            }
+        }
+        if moved {
+            log::warn!(
+                "the sentinels name {host}:{port} as the primary: moving this instance's connections there"
+            );
+            return Err(StoreError::Unavailable);
+        }
+        Ok(())
     }
 
     /// Follows the reconnection count: changes whenever a connection came back (the server
@@ -803,6 +864,7 @@ impl Store {
     /// sorted, in a cluster).
     pub async fn read_generation(&self) -> Result<String, StoreError> {
         self.check()?;
+        self.follow_primary().await?;
         if !self.cluster {
             let id: String = RUN_ID
                 .call(&self.client, Vec::<Key>::new(), Vec::new())
@@ -860,6 +922,7 @@ impl Store {
     /// Redis's clock and the generation (read again from every master in a cluster).
     pub async fn heartbeat(&self, ttl: Duration, join: bool) -> Result<Beat, StoreError> {
         self.check()?;
+        self.follow_primary().await?;
         let args: Vec<Value> = vec![
             self.member_name().into(),
             (ttl.as_millis().max(1) as i64).into(),
@@ -960,8 +1023,9 @@ impl Store {
             .await?)
     }
 
-    /// Waits (at most `timeout`) until `replicas` replicas hold the window's count: `WAIT`
-    /// on the master that holds it. Answers how many acknowledged.
+    /// Waits (at most `timeout`, and within the command timeout) until `replicas` replicas
+    /// hold the window's count: `WAIT` on the master that holds it. Answers how many
+    /// acknowledged.
     pub async fn replicate(
         &self,
         window_start: i64,
@@ -972,6 +1036,9 @@ impl Store {
         let key = self.window_key(window_start, "count");
         let slot = fred::types::cluster::ClusterRouting::hash_key(key.as_bytes());
         let wait = fred::types::CustomCommand::new_static("WAIT", Some(slot), false);
+        // Within the command timeout, so that fred has the answer and the connection (which
+        // Redis blocks meanwhile) is free again before a heartbeat queued behind it is late.
+        let timeout = timeout.min(self.timeout * 3 / 4);
         let args: Vec<Value> = vec![
             (replicas as i64).into(),
             (timeout.as_millis() as i64).into(),
@@ -1080,8 +1147,9 @@ pub fn with_node_params(url: &str) -> String {
     format!("{scheme}://{userinfo}{first}{path}{query}{fragment}")
 }
 
-/// A client for `settings`, not yet connected.
-fn build_client(settings: &Settings, connect_timeout: Duration) -> Result<Client, String> {
+/// fred's configuration of `settings`: the URL (more hosts as `node=` parameters), the
+/// cluster's discovery, the private CA.
+fn build_config(settings: &Settings) -> Result<Config, String> {
     let url = with_node_params(&settings.url);
     let mut config = if settings.cluster {
         Config::from_url_clustered(&url)
@@ -1105,6 +1173,12 @@ fn build_client(settings: &Settings, connect_timeout: Duration) -> Result<Client
             .map_err(|e| format!("--redis-ca-file {}: {e}", ca_file.display()))?;
         config.tls = Some(fred::types::config::TlsConnector::from(tls).into());
     }
+    Ok(config)
+}
+
+/// A client for `settings`, not yet connected.
+fn build_client(settings: &Settings, connect_timeout: Duration) -> Result<Client, String> {
+    let config = build_config(settings)?;
     let timeout = settings.timeout;
     Builder::from_config(config)
         .with_performance_config(|p| p.default_command_timeout = timeout)
@@ -1141,6 +1215,57 @@ fn build_client(settings: &Settings, connect_timeout: Duration) -> Result<Client
         ))
         .build()
         .map_err(|e| format!("--redis-url: {}", e.details()))
+}
+
+/// With a `redis-sentinel://` URL, a client of each sentinel (with the sentinels'
+/// credentials and the URL's TLS), connecting in the background and reconnecting forever:
+/// a sentinel down at start-up is asked once it is back.
+fn sentinel_clients(
+    settings: &Settings,
+    connect_timeout: Duration,
+) -> Result<Option<(Vec<Client>, String)>, String> {
+    let config = build_config(settings)?;
+    let ServerConfig::Sentinel {
+        hosts,
+        service_name,
+        username,
+        password,
+    } = &config.server
+    else {
+        return Ok(None);
+    };
+    let clients = hosts
+        .iter()
+        .map(|host| {
+            let sentinel = Config {
+                server: ServerConfig::Centralized {
+                    server: host.clone(),
+                },
+                username: username.clone(),
+                password: password.clone(),
+                tls: config.tls.clone(),
+                ..Config::default()
+            };
+            let client = Builder::from_config(sentinel)
+                .with_performance_config(|p| p.default_command_timeout = settings.timeout)
+                .with_connection_config(|c| {
+                    c.connection_timeout = connect_timeout;
+                    c.internal_command_timeout = connect_timeout;
+                })
+                .set_policy(ReconnectPolicy::new_exponential(
+                    0,
+                    50,
+                    RECONNECT_MAX.as_millis() as u32,
+                    2,
+                ))
+                .build()
+                .map_err(|e| format!("--redis-url: {}", e.details()))?;
+            // The connection task runs on by itself: the handle is not waited on.
+            drop(client.connect());
+            Ok(client)
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(Some((clients, service_name.clone())))
 }
 
 /// Connects `client` (its connection task runs on the calling runtime), waiting at most

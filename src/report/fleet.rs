@@ -390,9 +390,8 @@ impl Closing {
                         .unwrap_or(0);
                     if acked < replicas {
                         log::warn!(
-                            "window {}: {acked} of {replicas} replicas hold its count after {} ms; delivering",
+                            "window {}: {acked} of {replicas} replicas acknowledged its count in time; delivering",
                             format_utc(start * 1000, false),
-                            REPLICATION_WAIT.as_millis()
                         );
                     }
                 }

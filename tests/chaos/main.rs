@@ -269,6 +269,9 @@ pub const RECOVERY_LIMIT_MS: i64 = 10_000;
 const CLIENTS: usize = 12;
 
 fn run_and_check(plan: &Plan) {
+    // One schedule at a time: each loads the machine on its own.
+    static SERIAL: Mutex<()> = Mutex::new(());
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     for kind in &plan.kinds {
         assert!(
             kind.fits(&plan.topology),
