@@ -55,7 +55,7 @@ fn a_fixed_schedule_of_faults_breaks_no_promise() {
         seed: 15,
         topology: "single".into(),
         duration: Duration::from_secs(90),
-        kinds: Kind::ALL.to_vec(),
+        kinds: Kind::defaults("single"),
         instances: 3,
         pace_ms: 2,
     });
