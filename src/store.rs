@@ -527,19 +527,14 @@ impl Store {
             return Ok(());
         };
         let mut moved = false;
-        for client in std::iter::once(&self.client).chain(self.adders.iter().map(|a| &a.client)) {
+        for client in self.clients() {
             let elsewhere = client
                 .active_connections()
                 .iter()
                 .any(|server| server.port != port || *server.host != *host);
             if elsewhere {
                 moved = true;
-                let client = client.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = client.force_reconnection().await {
-                        log::debug!("a reconnection to the new primary failed: {e}");
-                    }
-                });
+                reconnect_in_background(client);
             }
         }
         if moved {
@@ -559,7 +554,7 @@ impl Store {
 
     /// Whether every connection is up.
     pub fn is_connected(&self) -> bool {
-        self.client.is_connected() && self.adders.iter().all(|a| a.client.is_connected())
+        self.clients().all(|c| c.is_connected())
     }
 
     /// Drops and rebuilds every connection, in the background: for a server that stopped
@@ -568,14 +563,12 @@ impl Store {
     /// written to more often than that (heartbeats, retries, load) is never found out; a
     /// reconnection asks the sentinels (or the cluster) where the primary is now.
     pub fn reconnect(&self) {
-        for client in std::iter::once(&self.client).chain(self.adders.iter().map(|a| &a.client)) {
-            let client = client.clone();
-            tokio::spawn(async move {
-                if let Err(e) = client.force_reconnection().await {
-                    log::debug!("a forced reconnection failed: {e}");
-                }
-            });
-        }
+        self.clients().for_each(reconnect_in_background);
+    }
+
+    /// Every client: the bookkeeping one, then each lane's.
+    fn clients(&self) -> impl Iterator<Item = &Client> {
+        std::iter::once(&self.client).chain(self.adders.iter().map(|a| &a.client))
     }
 
     /// Reconnections so far.
@@ -1207,14 +1200,25 @@ fn build_client(settings: &Settings, connect_timeout: Duration) -> Result<Client
                 interval: Duration::from_millis(100),
             };
         })
-        .set_policy(ReconnectPolicy::new_exponential(
-            0,
-            50,
-            RECONNECT_MAX.as_millis() as u32,
-            2,
-        ))
+        .set_policy(reconnect_policy())
         .build()
         .map_err(|e| format!("--redis-url: {}", e.details()))
+}
+
+/// Forever, from 50 ms doubling to [`RECONNECT_MAX`].
+fn reconnect_policy() -> ReconnectPolicy {
+    ReconnectPolicy::new_exponential(0, 50, RECONNECT_MAX.as_millis() as u32, 2)
+}
+
+/// Drops and rebuilds `client`'s connections, in the background (fred answers once the
+/// reconnection is done).
+fn reconnect_in_background(client: &Client) {
+    let client = client.clone();
+    tokio::spawn(async move {
+        if let Err(e) = client.force_reconnection().await {
+            log::debug!("a forced reconnection failed: {e}");
+        }
+    });
 }
 
 /// With a `redis-sentinel://` URL, a client of each sentinel (with the sentinels'
@@ -1252,12 +1256,7 @@ fn sentinel_clients(
                     c.connection_timeout = connect_timeout;
                     c.internal_command_timeout = connect_timeout;
                 })
-                .set_policy(ReconnectPolicy::new_exponential(
-                    0,
-                    50,
-                    RECONNECT_MAX.as_millis() as u32,
-                    2,
-                ))
+                .set_policy(reconnect_policy())
                 .build()
                 .map_err(|e| format!("--redis-url: {}", e.details()))?;
             // The connection task runs on by itself: the handle is not waited on.
