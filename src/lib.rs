@@ -188,6 +188,8 @@ impl Shared {
                 window_secs: self.windows.secs() as u64,
                 redis_connected: self.store.as_ref().map(Store::is_connected),
                 fenced: self.fenced.load(Ordering::Relaxed),
+                redis_reconnections: self.store.as_ref().map_or(0, Store::reconnection_count),
+                max_clock_skew_ms: self.settings.max_clock_skew_ms,
             },
         )
     }

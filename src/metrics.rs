@@ -138,6 +138,10 @@ pub struct State {
     pub redis_connected: Option<bool>,
     /// Fleet mode: whether the instance is fenced.
     pub fenced: bool,
+    /// Fleet mode: connections to the store that came back since start-up.
+    pub redis_reconnections: u64,
+    /// Fleet mode: --max-clock-skew-ms, in milliseconds.
+    pub max_clock_skew_ms: u64,
 }
 
 /// Every counter the service exports.
@@ -274,6 +278,19 @@ impl Metrics {
                 out,
                 "# HELP verve_clock_offset_seconds Redis's clock minus this instance's, at the last heartbeat.\n\
                  # TYPE verve_clock_offset_seconds gauge\nverve_clock_offset_seconds {offset}"
+            );
+            let budget = state.max_clock_skew_ms as f64 / 1e3;
+            let _ = writeln!(
+                out,
+                "# HELP verve_max_clock_skew_seconds The clock-skew budget (--max-clock-skew-ms); an instance more than half of it off Redis's clock fences itself.\n\
+                 # TYPE verve_max_clock_skew_seconds gauge\nverve_max_clock_skew_seconds {budget}"
+            );
+            scalar(
+                &mut out,
+                "counter",
+                "verve_redis_reconnections_total",
+                "Connections to Redis that came back after a loss (a restart, a failover, a reset).",
+                state.redis_reconnections,
             );
             scalar(
                 &mut out,
@@ -524,11 +541,15 @@ mod tests {
             window_secs: 60,
             redis_connected: Some(false),
             fenced: true,
+            redis_reconnections: 3,
+            max_clock_skew_ms: 250,
         };
         let text = m.render(5, 0, Some(4096), None, &state);
         assert!(text.contains("verve_window_seconds 60\n"));
         assert!(text.contains("verve_last_window_reported_timestamp_seconds 1795529161\n"));
         assert!(text.contains("verve_redis_connected 0\n"));
+        assert!(text.contains("verve_redis_reconnections_total 3\n"));
+        assert!(text.contains("verve_max_clock_skew_seconds 0.25\n"));
         assert!(text.contains("verve_requests_total{status=\"200\"} 2\n"));
         assert!(text.contains("verve_requests_total{status=\"400\"} 1\n"));
         assert!(text.contains("verve_callback_attempts_total{result=\"blocked\"} 1\n"));

@@ -552,6 +552,11 @@ impl Store {
         self.epoch.subscribe()
     }
 
+    /// How many times a connection came back since start-up.
+    pub fn reconnection_count(&self) -> u64 {
+        *self.epoch.borrow()
+    }
+
     /// Whether every connection is up.
     pub fn is_connected(&self) -> bool {
         self.clients().all(|c| c.is_connected())
