@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The container image, built and tested with podman (no base image is pulled: FROM scratch).
-#   scripts/container.sh build   static binary + context in .cache/container, image verve:latest
+#   scripts/container.sh build   static binary (with the kafka feature) + context in
+#                                .cache/container, image verve:latest
 #   scripts/container.sh test    builds, runs the image (runc, host network, loopback only),
 #                                checks /healthz, /readyz, accepts, a callback by host name and
 #                                the count-log line in the mounted volume, then stops it with
-#                                SIGTERM and expects exit 0. Prints image size and time to ready.
+#                                SIGTERM and expects exit 0; then streams a window from the image
+#                                to a real Kafka broker over SASL_SSL with zstd and reads it back
+#                                (tests/image.rs). Prints image size and time to ready.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -21,7 +24,12 @@ build() {
   need runc runc
   need curl curl
   [ -f /etc/ssl/certs/ca-certificates.crt ] || need update-ca-certificates ca-certificates
-  RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --quiet --bin verve --target "$target"
+  need make make
+  need cc gcc
+  need perl perl
+  # The kafka feature links librdkafka, OpenSSL (vendored) and zstd statically too.
+  RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --quiet --bin verve \
+    --features kafka --target "$target"
   rm -rf "$context"
   mkdir -p "$context/data"
   cp "target/$target/release/verve" "$context/verve"
@@ -95,6 +103,9 @@ PY
   [ "$code" = 0 ] || { echo "exit code $code after SIGTERM" >&2; podman logs "$name" >&2; exit 1; }
   grep -q 'partial=true' "$tmp/requests.log" || { echo "no partial line at shutdown" >&2; exit 1; }
   echo "stopped with SIGTERM: exit 0, open window logged partial"
+
+  bash scripts/kafka-libs.sh
+  VERVE_IMAGE="$image" cargo test --quiet --features kafka --test image -- --ignored --nocapture
   echo "container test passed"
 }
 

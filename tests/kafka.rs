@@ -1,6 +1,6 @@
 //! The stream against a real Apache Kafka broker (KRaft, on loopback): one record per window
 //! on a single node and across a fleet, and every window delivered, in order and once, across
-//! a broker outage. Needs the `kafka` feature; scripts/test.sh runs these with it.
+//! a broker outage; records compressed with zstd, and sent over TLS with SCRAM. Needs the `kafka` feature; scripts/test.sh runs these with it.
 #![cfg(feature = "kafka")]
 
 mod common;
@@ -8,8 +8,10 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::kafka::{Kafka, Record};
-use common::{Line, Redis, Verve, now_ms, rfc3339, send_ids, sleep_into_next_window, wait_for};
+use common::kafka::{Kafka, Record, SCRAM_PASSWORD, SCRAM_USER};
+use common::{
+    Line, Redis, TempDir, Verve, now_ms, rfc3339, send_ids, sleep_into_next_window, wait_for,
+};
 
 /// The tests each run a broker (a JVM) and verve instances: one at a time.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
@@ -250,5 +252,133 @@ fn a_broker_outage_delays_records_but_loses_none() {
         drained.as_secs_f64(),
         windows.len(),
         records.len()
+    );
+}
+
+/// Streams two windows, waits for their acknowledgement and stops; returns the windows.
+fn stream_two_windows(verve: &mut Verve) -> Vec<Line> {
+    let first = sleep_into_next_window(1, 100);
+    fill_window(verve, first, 0, 3);
+    fill_window(verve, first + 1, 100, 4);
+    verve.wait_window(first + 1, Duration::from_secs(10));
+    let sent = wait_for(Duration::from_secs(20), || {
+        (verve.metric("verve_stream_records_sent_total") >= verve.windows().len() as u64)
+            .then_some(())
+    });
+    assert!(sent.is_some(), "records not acknowledged");
+    assert_eq!(verve.metric("verve_stream_records_failed_total"), 0);
+    stop_and_list_windows(verve)
+}
+
+#[test]
+fn records_compressed_with_zstd_are_stored_as_zstd_and_read_back() {
+    let _serial = serial();
+    let Some(kafka) = Kafka::start() else {
+        return;
+    };
+    let topic = "verve.zstd";
+    let mut verve = start_streaming(&kafka, topic, &["--kafka-compression", "zstd"]);
+    let windows = stream_two_windows(&mut verve);
+    let records = kafka.read(
+        topic,
+        windows.len(),
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    );
+    assert_records_match(&records, &windows, 1);
+    let codecs = kafka.stored_codecs(topic);
+    assert_eq!(
+        codecs.into_iter().collect::<Vec<_>>(),
+        ["zstd"],
+        "the broker's log should hold zstd batches only"
+    );
+}
+
+#[test]
+fn records_go_over_tls_with_scram_and_a_wrong_password_sends_none() {
+    let _serial = serial();
+    let Some(kafka) = Kafka::start_secure() else {
+        return;
+    };
+    let ca = kafka.ca().display().to_string();
+    let options = |password: &str| {
+        format!(
+            "security.protocol=sasl_ssl,sasl.mechanism=SCRAM-SHA-512,sasl.username={SCRAM_USER},\
+             sasl.password={password},ssl.ca.location={ca}"
+        )
+    };
+    let brokers = kafka.secure_brokers();
+    let start = |topic: &str, password: &str, stderr: &std::path::Path| {
+        Verve::start_with_stderr(
+            &[
+                "--window-secs",
+                "1",
+                "--grace-ms",
+                "200",
+                "--kafka-brokers",
+                &brokers,
+                "--kafka-topic",
+                topic,
+                "--kafka-compression",
+                "zstd",
+                "--kafka-option",
+                &options(password),
+            ],
+            &[],
+            stderr,
+        )
+    };
+    let dir = TempDir::new("kafka-tls");
+
+    let topic = "verve.tls";
+    let mut verve = start(topic, SCRAM_PASSWORD, &dir.0.join("good.err"));
+    let windows = stream_two_windows(&mut verve);
+    let records = kafka.read(
+        topic,
+        windows.len(),
+        Duration::from_secs(30),
+        Duration::from_secs(1),
+    );
+    assert_records_match(&records, &windows, 1);
+
+    // The broker refuses the login: nothing is sent, the count log is written all the same,
+    // and the password never reaches the diagnostics.
+    let wrong = "not-the-password-4711";
+    let err = dir.0.join("wrong.err");
+    let mut refused = start("verve.tls-refused", wrong, &err);
+    let first = sleep_into_next_window(1, 100);
+    fill_window(&refused, first, 0, 5);
+    fill_window(&refused, first + 1, 100, 6);
+    refused.wait_window(first + 2, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(refused.metric("verve_stream_records_sent_total"), 0);
+    assert!(refused.metric("verve_stream_records_buffered") >= 2);
+    let logged = refused.windows();
+    assert!(
+        logged
+            .iter()
+            .any(|l| l.get("window_start") == rfc3339(first) && l.count() == 5),
+        "{logged:?}"
+    );
+    refused.signal("TERM");
+    assert!(refused.wait(Duration::from_secs(20)).success());
+    let diagnostics = std::fs::read_to_string(&err).unwrap_or_default();
+    assert!(
+        diagnostics.to_lowercase().contains("authentication"),
+        "librdkafka's refusal should be reported:\n{diagnostics}"
+    );
+    assert!(
+        !diagnostics.contains(wrong),
+        "password leaked:\n{diagnostics}"
+    );
+    assert!(
+        kafka
+            .read(
+                "verve.tls-refused",
+                1,
+                Duration::from_secs(3),
+                Duration::ZERO
+            )
+            .is_empty()
     );
 }

@@ -10,7 +10,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-use super::{TempDir, free_port, have, run_ok, wait_for};
+use super::{TempDir, free_port, have, make_certificates, run_ok, wait_for};
 
 /// How long a broker gets to print its start-up line.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -23,7 +23,15 @@ pub struct Kafka {
     child: Option<Child>,
     /// Start-ups so far: each one's output goes to its own file.
     launches: usize,
+    /// The SASL_SSL listener's port, when started with [`Kafka::start_secure`].
+    pub secure_port: Option<u16>,
 }
+
+/// The SCRAM-SHA-512 user of a secure broker, and its password.
+pub const SCRAM_USER: &str = "verve";
+pub const SCRAM_PASSWORD: &str = "verve-scram-secret";
+/// The broker's PKCS#12 key store password.
+const KEYSTORE_PASSWORD: &str = "verve-test";
 
 /// One record read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +46,17 @@ impl Kafka {
     /// Formats a fresh log directory and starts the broker; `None` (outside CI) when java or
     /// the jars are missing.
     pub fn start() -> Option<Self> {
+        Self::start_with(false)
+    }
+
+    /// Like [`Kafka::start`], with a second listener, SASL_SSL: TLS with a certificate for
+    /// 127.0.0.1 signed by a fresh private CA ([`Kafka::ca`]), and SCRAM-SHA-512 for
+    /// [`SCRAM_USER`]. The PLAINTEXT listener stays, for the test's consumer.
+    pub fn start_secure() -> Option<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(secure: bool) -> Option<Self> {
         let libs = std::env::var_os("VERVE_KAFKA_LIBS").map_or_else(
             || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".cache/kafka-libs"),
             PathBuf::from,
@@ -65,8 +84,9 @@ impl Kafka {
             dir,
             child: None,
             launches: 0,
+            secure_port: secure.then(free_port),
         };
-        let properties = format!(
+        let mut properties = format!(
             "process.roles=broker,controller\n\
              node.id=1\n\
              controller.quorum.voters=1@127.0.0.1:{c}\n\
@@ -86,16 +106,61 @@ impl Kafka {
             p = kafka.port,
             logs = kafka.dir.0.join("data").display(),
         );
+        let mut format = kafka.java();
+        format
+            .args(["kafka.tools.StorageTool", "format", "-t"])
+            .arg("dmVydmUtdGVzdC1jbHVzdGVy")
+            .arg("-c")
+            .arg(kafka.properties());
+        if let Some(secure) = kafka.secure_port {
+            let (p, c) = (kafka.port, kafka.controller_port);
+            properties = properties
+                .replace(
+                    &format!("listeners=PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c}\n"),
+                    &format!("listeners=PLAINTEXT://127.0.0.1:{p},CONTROLLER://127.0.0.1:{c},SASL_SSL://127.0.0.1:{secure}\n"),
+                )
+                .replace(
+                    &format!("advertised.listeners=PLAINTEXT://127.0.0.1:{p}\n"),
+                    &format!("advertised.listeners=PLAINTEXT://127.0.0.1:{p},SASL_SSL://127.0.0.1:{secure}\n"),
+                )
+                .replace(
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT\n",
+                    "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL\n",
+                );
+            make_certificates(&kafka.dir.0);
+            let path = |f: &str| kafka.dir.0.join(f).display().to_string();
+            run_ok(
+                Command::new("openssl").args([
+                    "pkcs12",
+                    "-export",
+                    "-in",
+                    &path("server.crt"),
+                    "-inkey",
+                    &path("server.key"),
+                    "-name",
+                    "kafka",
+                    "-passout",
+                    &format!("pass:{KEYSTORE_PASSWORD}"),
+                    "-out",
+                    &path("server.p12"),
+                ]),
+                "openssl pkcs12 -export",
+            );
+            properties.push_str(&format!(
+                "sasl.enabled.mechanisms=SCRAM-SHA-512\n\
+                 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;\n\
+                 ssl.keystore.type=PKCS12\n\
+                 ssl.keystore.location={keystore}\n\
+                 ssl.keystore.password={KEYSTORE_PASSWORD}\n\
+                 ssl.key.password={KEYSTORE_PASSWORD}\n",
+                keystore = path("server.p12"),
+            ));
+            format.arg("--add-scram").arg(format!(
+                "SCRAM-SHA-512=[name={SCRAM_USER},password={SCRAM_PASSWORD}]"
+            ));
+        }
         std::fs::write(kafka.properties(), properties).expect("write server.properties");
-        run_ok(
-            kafka
-                .java()
-                .args(["kafka.tools.StorageTool", "format", "-t"])
-                .arg("dmVydmUtdGVzdC1jbHVzdGVy")
-                .arg("-c")
-                .arg(kafka.properties()),
-            "kafka-storage format",
-        );
+        run_ok(&mut format, "kafka-storage format");
         let mut kafka = kafka;
         kafka.launch();
         Some(kafka)
@@ -103,6 +168,45 @@ impl Kafka {
 
     pub fn brokers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The SASL_SSL listener, of a broker started with [`Kafka::start_secure`].
+    pub fn secure_brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.secure_port.expect("a secure broker"))
+    }
+
+    /// The compression codecs of the batches stored for partition 0 of `topic`, as the
+    /// broker's own `DumpLogSegments` reads them from its log files (`zstd`, `none`, ...).
+    pub fn stored_codecs(&self, topic: &str) -> std::collections::BTreeSet<String> {
+        let dir = self.dir.0.join("data").join(format!("{topic}-0"));
+        let segments: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        let files = segments
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let out = run_ok(
+            self.java()
+                .args(["kafka.tools.DumpLogSegments", "--files"])
+                .arg(files),
+            "DumpLogSegments",
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "compresscodec:")
+            .map(|w| w[1].to_lowercase())
+            .collect()
+    }
+
+    /// The private CA that signed a secure broker's certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.0.join("ca.crt")
     }
 
     fn properties(&self) -> PathBuf {

@@ -627,6 +627,63 @@ pub fn have(binary: &str) -> bool {
     found
 }
 
+/// A fresh private CA (`ca.crt`, `ca.key`) in `dir` and a certificate for 127.0.0.1 signed by
+/// it (`server.crt`, `server.key`).
+pub fn make_certificates(dir: &Path) {
+    let path = |f: &str| dir.join(f).display().to_string();
+    let openssl = |args: &[&str]| {
+        run_ok(
+            Command::new("openssl").args(args),
+            &format!("openssl {args:?}"),
+        );
+    };
+    std::fs::write(path("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=verve-test-ca",
+        "-keyout",
+        &path("ca.key"),
+        "-out",
+        &path("ca.crt"),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &path("server.key"),
+        "-out",
+        &path("server.csr"),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        &path("server.csr"),
+        "-CA",
+        &path("ca.crt"),
+        "-CAkey",
+        &path("ca.key"),
+        "-CAcreateserial",
+        "-extfile",
+        &path("ext.cnf"),
+        "-out",
+        &path("server.crt"),
+    ]);
+}
+
 /// A real redis-server on a free loopback port, with no persistence.
 pub struct Redis {
     pub port: u16,
@@ -670,57 +727,7 @@ impl Redis {
         }
         let dir = TempDir::new("redis-tls");
         let path = |f: &str| dir.0.join(f).display().to_string();
-        let openssl = |args: &[&str]| {
-            run_ok(
-                Command::new("openssl").args(args),
-                &format!("openssl {args:?}"),
-            );
-        };
-        std::fs::write(path("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=verve-test-ca",
-            "-keyout",
-            &path("ca.key"),
-            "-out",
-            &path("ca.crt"),
-        ]);
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            &path("server.key"),
-            "-out",
-            &path("server.csr"),
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-days",
-            "2",
-            "-in",
-            &path("server.csr"),
-            "-CA",
-            &path("ca.crt"),
-            "-CAkey",
-            &path("ca.key"),
-            "-CAcreateserial",
-            "-extfile",
-            &path("ext.cnf"),
-            "-out",
-            &path("server.crt"),
-        ]);
+        make_certificates(&dir.0);
         let port = free_port();
         let extra = [
             "--port",
