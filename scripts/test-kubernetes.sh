@@ -37,7 +37,10 @@ need redis-cli redis-tools
 need curl curl
 if ! command -v kubernetes-validate >/dev/null 2>&1; then
   echo "installing kubernetes-validate (pip)" >&2
-  pip3 install --quiet kubernetes-validate || true
+  need pip3 python3-pip
+  # Debian's own python3 refuses pip installs into it (PEP 668) unless told otherwise.
+  pip3 install --quiet kubernetes-validate==1.37.0 2>/dev/null \
+    || pip3 install --quiet --break-system-packages kubernetes-validate==1.37.0 || true
   hash -r
 fi
 command -v kubernetes-validate >/dev/null 2>&1 || fail "kubernetes-validate missing (pip3 install kubernetes-validate)"
