@@ -3,7 +3,8 @@
 # checks formatting and lints (with and without the kafka feature), then runs unit tests, the
 # black-box tests against the real binary (real callback receivers, Redis, Redis Cluster,
 # Sentinel, nginx and a Kafka broker on loopback) and every criterion benchmark once, then builds the
-# container image and tests it with podman. Under CI=true a test whose server is missing
+# container image and tests it with podman, and checks the Kubernetes manifests (schemas, and
+# the Deployment played with podman kube play). Under CI=true a test whose server is missing
 # fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,3 +36,4 @@ cargo clippy --all-targets --quiet -- -D warnings
 cargo clippy --all-targets --quiet --features kafka -- -D warnings
 cargo test --all-targets --features kafka
 bash scripts/container.sh test
+bash scripts/test-kubernetes.sh
