@@ -25,6 +25,7 @@ need chromium chromium
 # Central jars (the script installs a JDK and Maven when missing).
 need make make
 need cc gcc
+need perl perl  # OpenSSL (vendored, for librdkafka) builds with perl
 bash scripts/kafka-libs.sh
 if command -v rustup >/dev/null 2>&1; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
