@@ -70,19 +70,31 @@ fn assert_records_match(records: &[Record], windows: &[Line], secs: i64) {
 
 /// A single node with one-second windows streaming to `topic`, plus `extra` flags.
 fn start_streaming(kafka: &Kafka, topic: &str, extra: &[&str]) -> Verve {
-    let brokers = kafka.brokers();
+    start_streaming_to(&kafka.brokers(), topic, extra, None)
+}
+
+/// Like [`start_streaming`], to `brokers`, with stderr to a file if given.
+fn start_streaming_to(
+    brokers: &str,
+    topic: &str,
+    extra: &[&str],
+    stderr: Option<&std::path::Path>,
+) -> Verve {
     let mut args = vec![
         "--window-secs",
         "1",
         "--grace-ms",
         "200",
         "--kafka-brokers",
-        &brokers,
+        brokers,
         "--kafka-topic",
         topic,
     ];
     args.extend_from_slice(extra);
-    Verve::start(&args)
+    match stderr {
+        Some(path) => Verve::start_with_stderr(&args, &[], path),
+        None => Verve::start(&args),
+    }
 }
 
 #[test]
@@ -293,24 +305,9 @@ fn records_go_over_tls_with_scram_and_a_wrong_password_sends_none() {
     };
     let brokers = kafka.secure_brokers();
     let start = |topic: &str, password: &str, stderr: &std::path::Path| {
-        Verve::start_with_stderr(
-            &[
-                "--window-secs",
-                "1",
-                "--grace-ms",
-                "200",
-                "--kafka-brokers",
-                &brokers,
-                "--kafka-topic",
-                topic,
-                "--kafka-compression",
-                "zstd",
-                "--kafka-option",
-                &options(password),
-            ],
-            &[],
-            stderr,
-        )
+        let options = options(password);
+        let extra = ["--kafka-compression", "zstd", "--kafka-option", &options];
+        start_streaming_to(&brokers, topic, &extra, Some(stderr))
     };
     let dir = TempDir::new("kafka-tls");
 
