@@ -38,4 +38,5 @@ cargo clippy --all-targets --quiet --features kafka -- -D warnings
 cargo test --all-targets --features kafka
 bash scripts/container.sh test
 bash scripts/test-systemd.sh
+bash scripts/test-monitoring.sh
 bash scripts/test-kubernetes.sh

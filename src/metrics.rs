@@ -321,7 +321,7 @@ impl Metrics {
                 load(&self.barrier_timeouts),
             );
         }
-        out.push_str("# HELP verve_requests_total Accept requests by response status.\n");
+        out.push_str("# HELP verve_requests_total Requests on the accept listener by response status (404: an unknown path).\n");
         out.push_str("# TYPE verve_requests_total counter\n");
         for outcome in Outcome::ALL {
             let _ = writeln!(
