@@ -214,6 +214,9 @@ pub async fn run(
     let clock = Arc::new(SystemClock {
         offset_ms: config.clock_offset_ms,
     });
+    // SIGHUP (logrotate, `systemctl reload`) is caught from the start: its default action
+    // would end a process still waiting for Redis.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let deadline = Duration::from_millis(config.shutdown_timeout_ms);
     http::raise_descriptor_limit(config.max_connections);
     let (store, lanes) = match config.store_settings() {
@@ -240,7 +243,7 @@ pub async fn run(
 
     let (finish, finishing) = watch::channel(false);
     let reporter = tokio::spawn(report::run(Arc::clone(&shared), finishing));
-    let reopener = tokio::spawn(reopen_count_log_on_sighup());
+    let reopener = tokio::spawn(reopen_count_log_on_sighup(hangups));
     let resyncer = tokio::spawn(report::fleet::resync_on_new_generation(Arc::clone(&shared)));
     let heartbeat = tokio::spawn(report::members::run(Arc::clone(&shared)));
     if shared.store.is_some() {
@@ -319,9 +322,8 @@ pub async fn run(
     Ok(())
 }
 
-async fn reopen_count_log_on_sighup() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+async fn reopen_count_log_on_sighup(hangups: io::Result<tokio::signal::unix::Signal>) {
+    let Ok(mut hangups) = hangups else {
         log::warn!("cannot listen for SIGHUP; the count log will not be reopened");
         return;
     };

@@ -9,8 +9,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    Cluster, Nginx, Receiver, Redis, Verve, encode, now_ms, send_ids, sleep_into_next_window,
-    wait_for,
+    Cluster, Nginx, Receiver, Redis, Verve, encode, now_ms, rfc3339, send_ids,
+    sleep_into_next_window, wait_for,
 };
 
 const WINDOW: &str = "4";
@@ -583,4 +583,90 @@ fn a_master_refusing_writes_gets_503_not_ok() {
             .all(|(_, s)| *s == 200)
     );
     assert_fleet_count(&verve, window, 100);
+}
+
+/// SIGTERM while Redis is frozen (SIGSTOP: its connections up, no answers), with reports
+/// slower than a window (the grace plus the fleet read's timeout): the process exits within
+/// its bound, with the partial line, instead of reporting window after window until Redis
+/// answers again (the review of issue 17 saw 635 s). The stop timeouts of deploy/ rely on it.
+#[test]
+fn sigterm_while_redis_is_frozen_exits_within_its_bound() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    let mut verve = Verve::on_redis(
+        &redis,
+        &[
+            "--window-secs",
+            "4",
+            "--grace-ms",
+            "2850",
+            "--redis-timeout-ms",
+            "2500",
+            "--shutdown-timeout-ms",
+            "1000",
+        ],
+    );
+    assert_eq!(verve.get("/api/verve/accept?id=1").status, 200);
+    let open = sleep_into_next_window(4, 200);
+    redis.signal("STOP");
+    let stopped = Instant::now();
+    verve.signal("TERM");
+    let exited = verve.wait_up_to(Duration::from_secs(30));
+    redis.signal("CONT");
+    let status = exited.expect("verve still running 30 s after SIGTERM with Redis frozen");
+    let took = stopped.elapsed();
+    assert!(status.success(), "{status:?}");
+    let last = verve.windows().pop().expect("a window line");
+    assert_eq!(last.get("window_start"), rfc3339(open), "{}", last.raw);
+    assert_eq!(last.get("reason"), "shutdown", "{}", last.raw);
+    eprintln!(
+        "SIGTERM with Redis frozen: exited 0 in {:.1} s",
+        took.as_secs_f64()
+    );
+}
+
+/// SIGHUP (logrotate's postrotate, `systemctl reload`) while start-up waits for Redis: the
+/// process keeps starting and serves once Redis answers, instead of dying of SIGHUP's default
+/// action, which systemd's `Restart=on-failure` does not restart (the review of issue 17).
+#[test]
+fn sighup_during_start_up_does_not_kill_the_process() {
+    let Some(redis) = Redis::start() else {
+        return;
+    };
+    redis.signal("STOP");
+    let dir = common::TempDir::new("sighup");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_verve"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--redis-url",
+            &redis.url(),
+            "--log-file",
+        ])
+        .arg(dir.0.join("requests.log"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn verve");
+    thread::sleep(Duration::from_millis(500));
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(hup.success());
+    thread::sleep(Duration::from_millis(300));
+    redis.signal("CONT");
+    let mut line = String::new();
+    let _ = std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    );
+    let alive = child.try_wait().expect("try_wait").is_none();
+    let _ = child.kill();
+    let status = child.wait().expect("wait");
+    assert!(
+        alive && line.contains("listening on"),
+        "verve did not survive SIGHUP during start-up: {status:?}, first line {line:?}"
+    );
 }

@@ -47,7 +47,8 @@ pub async fn cut_at_cutoffs(shared: Arc<Shared>) {
 }
 
 /// Reports windows as they become final until `finish` turns true; then reports the windows
-/// that already ended (waiting out their grace) and the open one as `partial=true`.
+/// that already ended (waiting out their grace) and the one open at that moment as
+/// `partial=true`.
 pub async fn run(shared: Arc<Shared>, mut finish: watch::Receiver<bool>) {
     let grace_ms = shared.settings.grace_ms as i64;
     let secs = shared.windows.secs();
@@ -64,11 +65,16 @@ pub async fn run(shared: Arc<Shared>, mut finish: watch::Receiver<bool>) {
             _ = finish.changed() => {}
         }
     }
+    // The window open when serving stopped is the last one: windows after it saw no request.
+    // Without this bound, reports slower than a window (a stalled Redis: the grace plus the
+    // fleet read's timeout each) would find the next window ended too, and the next, and
+    // never let the process exit.
+    let last_open = crate::window::window_start(shared.clock.now_ms(), secs);
     loop {
         let oldest = shared.windows.oldest_start();
         let end = (oldest + secs) * 1000;
         let now = shared.clock.now_ms();
-        if end <= now {
+        if end <= now && oldest < last_open {
             let due = end + grace_ms;
             if now < due {
                 tokio::time::sleep(Duration::from_millis((due - now) as u64)).await;

@@ -159,17 +159,13 @@ impl Verve {
 
     /// Waits up to `timeout` for the process to exit.
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "verve did not exit in {timeout:?}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_up_to(timeout)
+            .unwrap_or_else(|| panic!("verve did not exit in {timeout:?}"))
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it still runs.
+    pub fn wait_up_to(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_for(timeout, || self.child.try_wait().expect("try_wait"))
     }
 
     /// The count log's lines so far.
