@@ -31,6 +31,7 @@ pub mod lanes;
 pub mod memory;
 pub mod metrics;
 pub mod report;
+pub mod sketch;
 pub mod status;
 pub mod store;
 pub mod stream;
@@ -47,10 +48,11 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use callback::Callbacks;
-use config::Config;
+use config::{Config, CountMode};
 use http::Routes;
 use lanes::Lanes;
 use metrics::Metrics;
+use sketch::HashKey;
 use store::Store;
 use stream::Stream;
 use window::{Clock, SystemClock, Windows};
@@ -83,6 +85,10 @@ pub struct Shared {
     /// Fleet mode: set while this instance is no member of the fleet (its heartbeat not
     /// renewed in time, or its clock beyond the budget): every request is answered 503.
     pub fenced: AtomicBool,
+    /// Fleet approx mode: set while this instance's sketches have not reached Redis for
+    /// longer than [`report::fleet::MERGE_STALE`]: ids are answered 503 then, so an
+    /// instance that dies loses at most the updates of its last seconds (SPEC §3a).
+    pub merge_stale: AtomicBool,
     /// Fleet mode: heartbeat rounds ended so far.
     pub beats: AtomicU64,
     /// Fleet mode: set once shutdown withdrew the heartbeat: no barrier waits for this
@@ -99,6 +105,7 @@ impl Shared {
         clock: Arc<dyn Clock>,
         store: Option<Store>,
         lanes: Option<Lanes>,
+        key: Option<HashKey>,
     ) -> io::Result<Self> {
         let metrics = Arc::new(Metrics::default());
         let stream = match settings.stream_settings() {
@@ -119,6 +126,10 @@ impl Shared {
         if store.is_some() {
             windows = windows.with_cutoff(settings.cutoff_after_end_ms(), clock.now_ms());
         }
+        if settings.count == CountMode::Approx {
+            // The fleet's key (from Redis), or this process's own on a single node.
+            windows = windows.approx(key.unwrap_or_else(HashKey::random), clock.now_ms());
+        }
         let callbacks = Callbacks::start(settings.callback_settings(), Arc::clone(&metrics));
         let fleet = store.is_some();
         Ok(Self {
@@ -135,6 +146,7 @@ impl Shared {
             status: status::Status::default(),
             waiting: AtomicUsize::new(0),
             settings_differ: AtomicBool::new(false),
+            merge_stale: AtomicBool::new(false),
             // A fleet instance is a member only once its first heartbeat is acknowledged.
             fenced: AtomicBool::new(fleet),
             beats: AtomicU64::new(0),
@@ -190,6 +202,8 @@ impl Shared {
                 fenced: self.fenced.load(Ordering::Relaxed),
                 redis_reconnections: self.store.as_ref().map_or(0, Store::reconnection_count),
                 max_clock_skew_ms: self.settings.max_clock_skew_ms,
+                count: self.settings.count.as_str(),
+                sketches_stale: self.merge_stale.load(Ordering::Relaxed),
             },
         )
     }
@@ -229,16 +243,28 @@ pub async fn run(
         }
         None => (None, None),
     };
+    // Approx mode's fleet-wide hash key: the fleet's, or ours if we are its first.
+    let key = match (&store, config.count) {
+        (Some(store), CountMode::Approx) => Some(
+            report::fleet::hash_key(&config, store, STORE_CONNECT_TIMEOUT)
+                .await
+                .map_err(io::Error::other)?,
+        ),
+        _ => None,
+    };
     // A fleet whose instances disagree on the key layout would count into different sets:
     // checked before serving, then kept up (a later instance may differ).
     let differ = match &store {
-        Some(store) => report::fleet::check_settings(&config, store, STORE_CONNECT_TIMEOUT)
-            .await
-            .map_err(io::Error::other)?,
+        Some(store) => {
+            report::fleet::check_settings(&config, key.as_ref(), store, STORE_CONNECT_TIMEOUT)
+                .await
+                .map_err(io::Error::other)?
+        }
         None => false,
     };
     let mode = if store.is_some() { "fleet" } else { "single" };
-    let shared = Arc::new(Shared::new(config, clock, store, lanes)?);
+    let count = config.count.as_str();
+    let shared = Arc::new(Shared::new(config, clock, store, lanes, key)?);
     shared.settings_differ.store(differ, Ordering::Release);
 
     let (finish, finishing) = watch::channel(false);
@@ -252,6 +278,7 @@ pub async fn run(
     }
     let announcer = tokio::spawn(report::fleet::announce_settings(Arc::clone(&shared)));
     let cutter = tokio::spawn(report::cut_at_cutoffs(Arc::clone(&shared)));
+    let merger = tokio::spawn(report::fleet::merge_sketches(Arc::clone(&shared)));
     if shared.store.is_none() {
         cutter.abort(); // a single node's requests never wait: no cutoffs
     }
@@ -260,7 +287,7 @@ pub async fn run(
         None => String::new(),
     };
     println!(
-        "verve listening on {} mode={mode}{admin_addr}",
+        "verve listening on {} mode={mode} count={count}{admin_addr}",
         listener.local_addr()?
     );
 
@@ -314,6 +341,7 @@ pub async fn run(
     resyncer.abort();
     announcer.abort();
     cutter.abort();
+    merger.abort();
     // Connections cut at the shutdown deadline hold the shared state: dropped with their
     // lanes, so that nothing outlives `run`.
     if let Some(lanes) = &shared.lanes {

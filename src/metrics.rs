@@ -142,6 +142,10 @@ pub struct State {
     pub redis_reconnections: u64,
     /// Fleet mode: --max-clock-skew-ms, in milliseconds.
     pub max_clock_skew_ms: u64,
+    /// `--count`: `exact` or `approx`.
+    pub count: &'static str,
+    /// Fleet approx mode: whether ids are refused because no sketch reached Redis lately.
+    pub sketches_stale: bool,
 }
 
 /// Every counter the service exports.
@@ -175,6 +179,8 @@ pub struct Metrics {
     pub leader_elections: AtomicU64,
     /// Fleet mode: windows whose ids this instance re-added to the store.
     pub resyncs: AtomicU64,
+    /// Fleet approx mode: sketches written into their window's Redis HLL.
+    pub sketch_merges: AtomicU64,
     /// Endpoints refused because their domain (or address prefix) held the maximum already
     /// (in fleet mode: here, or fleet-wide at registration).
     pub endpoints_dropped_domain: AtomicU64,
@@ -319,6 +325,28 @@ impl Metrics {
                 "verve_barrier_timeouts_total",
                 "Windows whose count was fixed without every member's drained mark (the barrier's bound ran out).",
                 load(&self.barrier_timeouts),
+            );
+        }
+        out.push_str("# HELP verve_count_mode How ids are counted (--count): 1 for the mode this instance runs.\n");
+        out.push_str("# TYPE verve_count_mode gauge\n");
+        for mode in ["exact", "approx"] {
+            let on = u64::from(mode == state.count);
+            let _ = writeln!(out, "verve_count_mode{{mode=\"{mode}\"}} {on}");
+        }
+        if state.count == "approx" && state.redis_connected.is_some() {
+            scalar(
+                &mut out,
+                "counter",
+                "verve_sketch_merges_total",
+                "Window sketches written into their Redis HyperLogLog (approx fleet mode).",
+                load(&self.sketch_merges),
+            );
+            scalar(
+                &mut out,
+                "gauge",
+                "verve_sketches_stale",
+                "1 while no sketch reached Redis for 3 s and ids are answered 503 (approx fleet mode).",
+                u64::from(state.sketches_stale),
             );
         }
         out.push_str("# HELP verve_requests_total Requests on the accept listener by response status (404: an unknown path).\n");
@@ -543,6 +571,8 @@ mod tests {
             fenced: true,
             redis_reconnections: 3,
             max_clock_skew_ms: 250,
+            count: "approx",
+            sketches_stale: true,
         };
         let text = m.render(5, 0, Some(4096), None, &state);
         assert!(text.contains("verve_window_seconds 60\n"));
@@ -550,6 +580,9 @@ mod tests {
         assert!(text.contains("verve_redis_connected 0\n"));
         assert!(text.contains("verve_redis_reconnections_total 3\n"));
         assert!(text.contains("verve_max_clock_skew_seconds 0.25\n"));
+        assert!(text.contains("verve_count_mode{mode=\"approx\"} 1\n"));
+        assert!(text.contains("verve_count_mode{mode=\"exact\"} 0\n"));
+        assert!(text.contains("verve_sketches_stale 1\n"));
         assert!(text.contains("verve_requests_total{status=\"200\"} 2\n"));
         assert!(text.contains("verve_requests_total{status=\"400\"} 1\n"));
         assert!(text.contains("verve_callback_attempts_total{result=\"blocked\"} 1\n"));

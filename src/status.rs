@@ -98,12 +98,13 @@ pub fn stats_json(shared: &Shared) -> String {
     let mut json = String::with_capacity(512 + HISTORY * 160);
     let _ = write!(
         json,
-        r#"{{"mode":"{}","version":"{}","uptime_secs":{},"now":"{}","window_secs":{secs},"ready":{},"#,
+        r#"{{"mode":"{}","count_mode":"{}","version":"{}","uptime_secs":{},"now":"{}","window_secs":{secs},"ready":{},"#,
         if shared.store.is_some() {
             "fleet"
         } else {
             "single"
         },
+        shared.settings.count.as_str(),
         env!("CARGO_PKG_VERSION"),
         shared.status.started.elapsed().as_secs(),
         format_utc(now, true),

@@ -198,6 +198,19 @@ return {tonumber(old or ARGV[1]), tonumber(replicas or '0')}
 ",
 );
 
+/// Approx mode: merges an instance's sketch (ARGV[1], Redis's dense encoding) into the
+/// window's HyperLogLog (KEYS[1]) through a scratch key of the instance (KEYS[2], the same
+/// hash tag), and gives the HLL its expiry (ARGV[2], epoch s) in the same step: `PFMERGE`
+/// keeps every register's maximum, so merges repeat harmlessly and in any order.
+static MERGE: Script = Script::new(
+    r"
+redis.call('SET', KEYS[2], ARGV[1], 'PX', 60000)
+redis.call('PFMERGE', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[2])
+redis.call('EXPIREAT', KEYS[1], ARGV[2])
+",
+);
+
 /// Takes a window's lease (KEYS[1]) if no one holds it and ARGV[3] is 1, or renews it if
 /// this instance (ARGV[1]) holds it, for ARGV[2] ms: compare-and-expire in one step, so no
 /// instance ever extends another's lease. Answers 1 when this instance holds it.
@@ -740,6 +753,58 @@ impl Store {
         Ok(try_join_all(reads).await?.iter().sum())
     }
 
+    /// Approx mode: merges this instance's sketch of the window (dense, as
+    /// [`crate::sketch::Sketch::dense`] gives it) into the window's HLL ([`MERGE`]).
+    pub async fn merge(
+        &self,
+        window_start: i64,
+        dense: Vec<u8>,
+        expire_at: i64,
+    ) -> Result<(), StoreError> {
+        self.check()?;
+        let hll = self.window_key(window_start, "hll");
+        let scratch = format!("{hll}:{}", self.instance);
+        let args = vec![Value::Bytes(dense.into()), Value::from(expire_at)];
+        let _: () = MERGE.call(&self.client, vec![hll, scratch], args).await?;
+        Ok(())
+    }
+
+    /// Approx mode: the fleet count, `PFCOUNT` of the window's merged HLL.
+    pub async fn approx_count(&self, window_start: i64) -> Result<u64, StoreError> {
+        self.check()?;
+        Ok(self
+            .client
+            .pfcount(self.window_key(window_start, "hll"))
+            .await?)
+    }
+
+    /// Approx mode: the fleet's hash key (`<prefix>:hash-key`, no expiry). With `ours`, an
+    /// absent key becomes it (`SET NX GET`); without, it is only read. Answers the key the
+    /// fleet holds now, if any.
+    pub async fn hash_key(&self, ours: Option<&str>) -> Result<Option<String>, StoreError> {
+        self.check()?;
+        let key = format!("{}:hash-key", self.prefix);
+        Ok(match ours {
+            Some(ours) => {
+                let old: Option<String> = self
+                    .client
+                    .set(&key, ours, None, Some(SetOptions::NX), true)
+                    .await?;
+                Some(old.unwrap_or_else(|| ours.to_string()))
+            }
+            None => self.client.get(&key).await?,
+        })
+    }
+
+    /// Approx mode: stores `ours` as the fleet's hash key whatever it held (see
+    /// [`crate::report::fleet::announce_settings`]: only a member outranking a newcomer does).
+    pub async fn replace_hash_key(&self, ours: &str) -> Result<(), StoreError> {
+        self.check()?;
+        let key = format!("{}:hash-key", self.prefix);
+        let _: Option<String> = self.client.set(&key, ours, None, None, false).await?;
+        Ok(())
+    }
+
     /// Announces this instance's settings that shape keys and windows (SPEC §6.2) under
     /// `<prefix>:settings`, held `ttl` and renewed by every instance that agrees. With
     /// `claim`, an absent announcement becomes ours (`SET NX`); without, it is only read (an
@@ -1067,7 +1132,7 @@ impl Store {
         self.check()?;
         let keys = (0..self.shards)
             .map(|s| self.ids_key(window_start, s))
-            .chain(["endpoints", "domains"].map(|what| self.window_key(window_start, what)));
+            .chain(["endpoints", "domains", "hll"].map(|what| self.window_key(window_start, what)));
         let calls = keys.map(|key| async move {
             let _: i64 = self.client.expire_at(key, expire_at, None).await?;
             Ok::<_, fred::error::Error>(())

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::time::{Duration, Instant};
 
 use crate::http::query::Endpoint;
+use crate::sketch::{HashKey, Sketch};
 
 /// Start (epoch seconds) of the `secs`-long, epoch-aligned window holding `now_ms`.
 pub fn window_start(now_ms: i64, secs: i64) -> i64 {
@@ -99,7 +100,10 @@ const RELEASE_AFTER_IDS: usize = 1 << 16;
 pub struct Window {
     /// Window start, epoch seconds.
     pub start: i64,
+    /// Exact mode: the ids themselves (empty in approx mode).
     ids: DashMap<i64, (), Xxh3Seeded>,
+    /// Approx mode: the window's HyperLogLog sketch and the key ids are hashed with.
+    sketch: Option<(Sketch, HashKey)>,
     /// Registered endpoints by [`Endpoint::key`]: normalized, allocated once per window.
     endpoints: DashMap<u128, Registration, Xxh3Seeded>,
     /// Endpoint slots per [`Endpoint::domain_key`]; an entry exists only while it holds a
@@ -381,6 +385,7 @@ impl Window {
             max_per_domain,
             store_shards,
             cutoff_after_end_ms,
+            key,
         } = *shape;
         let cut_at = cutoff_after_end_ms.map(|after| {
             let cutoff_ms = (start + secs) * 1000 + after;
@@ -390,7 +395,12 @@ impl Window {
             cut_at,
             cut: watch::Sender::new(false),
             start,
-            ids: DashMap::with_capacity_and_hasher_and_shard_amount(capacity, hasher, SHARDS),
+            ids: DashMap::with_capacity_and_hasher_and_shard_amount(
+                if key.is_some() { 0 } else { capacity },
+                hasher,
+                SHARDS,
+            ),
+            sketch: key.map(|key| (Sketch::new(), key)),
             endpoints: DashMap::with_hasher_and_shard_amount(hasher, 8),
             domains: DashMap::with_hasher_and_shard_amount(hasher, 8),
             endpoint_slots: AtomicUsize::new(0),
@@ -408,19 +418,32 @@ impl Window {
         }
     }
 
-    /// Adds `id`; true when it was not in this window yet.
+    /// Adds `id`; true when it was not in this window yet (approx mode: when it grew the
+    /// sketch).
     pub fn insert(&self, id: i64) -> bool {
-        self.ids.insert(id, ()).is_none()
+        match &self.sketch {
+            None => self.ids.insert(id, ()).is_none(),
+            Some((sketch, key)) => sketch.add(&key.keyed(id)),
+        }
     }
 
-    /// Whether `id` is already in this window.
+    /// Whether `id` is already in this window (exact mode; approx mode holds no ids).
     pub fn contains(&self, id: i64) -> bool {
         self.ids.contains_key(&id)
     }
 
-    /// Distinct ids in this window so far (exact once the window is drained).
+    /// Distinct ids in this window so far (exact once the window is drained; approx mode:
+    /// the sketch's estimate, as `PFCOUNT` would give it).
     pub fn count(&self) -> usize {
-        self.ids.len()
+        match &self.sketch {
+            None => self.ids.len(),
+            Some((sketch, _)) => sketch.estimate() as usize,
+        }
+    }
+
+    /// Approx mode: the window's sketch.
+    pub fn sketch(&self) -> Option<&Sketch> {
+        self.sketch.as_ref().map(|(sketch, _)| sketch)
     }
 
     /// Registers a callback endpoint, bounded by `max_endpoints` per window and
@@ -727,6 +750,9 @@ struct Shape {
     store_shards: usize,
     /// Fleet mode: the cutoff's distance from the window's end; `None` on a single node.
     cutoff_after_end_ms: Option<i64>,
+    /// Approx mode: the key ids are hashed with before the sketch's hash; `None` in exact
+    /// mode.
+    key: Option<HashKey>,
 }
 
 impl Windows {
@@ -746,6 +772,7 @@ impl Windows {
             max_per_domain,
             store_shards,
             cutoff_after_end_ms: None,
+            key: None,
         };
         let first = window_start(now_ms, secs);
         let open = [
@@ -763,11 +790,29 @@ impl Windows {
     /// included; `now_ms` is the wall clock now).
     pub fn with_cutoff(mut self, after_end_ms: i64, now_ms: i64) -> Self {
         self.shape.cutoff_after_end_ms = Some(after_end_ms);
+        self.reopen(now_ms)
+    }
+
+    /// Approx mode: every window is a sketch of ids hashed with `key` (the two open now
+    /// included).
+    pub fn approx(mut self, key: HashKey, now_ms: i64) -> Self {
+        self.shape.key = Some(key);
+        self.reopen(now_ms)
+    }
+
+    /// Makes the open windows again with the current shape (at start-up, before any
+    /// request).
+    fn reopen(mut self, now_ms: i64) -> Self {
         let open = self.open.get_mut();
         for window in open.iter_mut() {
             *window = Arc::new(Window::new(window.start, &self.shape, 0, 0, now_ms));
         }
         self
+    }
+
+    /// Approx mode's key; `None` in exact mode.
+    pub fn key(&self) -> Option<HashKey> {
+        self.shape.key
     }
 
     /// Window length in seconds.
@@ -834,7 +879,7 @@ impl Windows {
     pub fn rotate(&self, epoch: u64, now_ms: i64) -> Arc<Window> {
         let (next_start, capacity) = {
             let open = self.open.read();
-            (open[1].start + self.shape.secs, open[0].count())
+            (open[1].start + self.shape.secs, open[0].ids.len())
         };
         // Built outside the lock: allocating a large table must not stall requests.
         let next = Arc::new(Window::new(

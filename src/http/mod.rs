@@ -384,8 +384,20 @@ fn accept(shared: &Arc<Shared>, query: &str) -> Answer {
         // even an id this window holds already is answered `ok` (SPEC §6.3).
         return Answer::now(answer(shared, Outcome::Unavailable));
     }
+    let seen = match window.sketch() {
+        None => window.contains(query.id),
+        // Approx mode: the id only updates this instance's sketch, which reaches Redis
+        // within a second — while the last merge is recent (else 503: an instance that dies
+        // must not take more than a few seconds of updates with it) and before the cutoff.
+        Some(_) => {
+            if shared.merge_stale.load(Ordering::Relaxed) || window.is_cut() {
+                return Answer::now(answer(shared, Outcome::Unavailable));
+            }
+            window.insert(query.id);
+            true
+        }
+    };
     let endpoint_known = endpoint.as_ref().is_none_or(|e| window.has_endpoint(e));
-    let seen = window.contains(query.id);
     if endpoint_known && seen {
         return Answer::now(answer(shared, Outcome::Ok));
     }

@@ -15,6 +15,7 @@ use super::{Partial, log_count, post, stream_record};
 use crate::Shared;
 use crate::config::Config;
 use crate::http::query::{Endpoint, EndpointBuf};
+use crate::sketch::HashKey;
 use crate::store::{Announced, EndpointCaps, Fixed, Generation, Store, StoreError};
 use crate::window::{Window, format_utc};
 
@@ -256,8 +257,12 @@ impl Closing {
         let generation = store.generation();
         let start = self.window.start;
         let expiry = expire_at(shared, start);
+        // Approx mode merges the sketch once per generation whatever happened: its final
+        // state (the window drained) reaches Redis before the mark says so.
         if self.readded != Some(generation.seq)
-            && (self.window.epoch != generation.seq || self.lost_shard(store).await?)
+            && (self.window.sketch().is_some()
+                || self.window.epoch != generation.seq
+                || self.lost_shard(store).await?)
         {
             resync(shared, store, &self.window).await?;
             self.readded = Some(generation.seq);
@@ -368,7 +373,10 @@ impl Closing {
         if before != *generation.id {
             return Ok(None);
         }
-        let count = store.count(start).await?;
+        let count = match self.window.sketch() {
+            None => store.count(start).await?,
+            Some(_) => store.approx_count(start).await?,
+        };
         if store.read_generation().await? != before {
             return Ok(None);
         }
@@ -414,7 +422,11 @@ fn may_take_over(shared: &Shared, generation: &Generation) -> bool {
 
 /// Re-adds a window's ids and endpoints to the store, the endpoints within the bounds as at
 /// registration (so those registered first elsewhere keep their places).
+/// Approx mode merges the window's sketch instead of re-adding ids.
 pub async fn resync(shared: &Shared, store: &Store, window: &Window) -> Result<(), StoreError> {
+    if let Some(sketch) = window.sketch() {
+        merge(shared, store, window.start, sketch).await?;
+    }
     readd(
         shared,
         store,
@@ -423,6 +435,83 @@ pub async fn resync(shared: &Shared, store: &Store, window: &Window) -> Result<(
         &endpoint_sites(window),
     )
     .await
+}
+
+/// Approx mode: writes a window's sketch into its Redis HLL ([`Store::merge`]). Marked
+/// changed again if that fails, so the next tick tries again.
+async fn merge(
+    shared: &Shared,
+    store: &Store,
+    start: i64,
+    sketch: &crate::sketch::Sketch,
+) -> Result<(), StoreError> {
+    sketch.take_changed();
+    let merged = store
+        .merge(start, sketch.dense(), expire_at(shared, start))
+        .await;
+    match merged {
+        Ok(()) => {
+            shared.metrics.sketch_merges.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => {
+            sketch.mark_changed();
+            Err(e)
+        }
+    }
+}
+
+/// How often approx mode writes each open window's sketch to Redis (when it changed).
+const MERGE_EVERY: Duration = Duration::from_secs(1);
+
+/// How long approx mode answers `ok` without a successful write of its sketches: beyond
+/// this, ids get 503 until a write succeeds (SPEC §3a), so the updates an instance's death
+/// can lose are those of its last seconds.
+pub const MERGE_STALE: Duration = Duration::from_secs(3);
+
+/// Approx fleet mode: writes each open window's sketch into its Redis HLL every
+/// [`MERGE_EVERY`] (when it changed), and keeps [`Shared::merge_stale`] set while none has
+/// succeeded for [`MERGE_STALE`]. A final window's last write is its closing's
+/// ([`Closing::step`]), before its drained mark.
+pub async fn merge_sketches(shared: Arc<Shared>) {
+    let Some(store) = shared.store.as_ref() else {
+        return;
+    };
+    if shared.windows.key().is_none() {
+        return;
+    }
+    let mut last_ok = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(MERGE_EVERY).await;
+        let mut ok = store.is_connected();
+        for window in shared.windows.open() {
+            let Some(sketch) = window.sketch() else {
+                continue;
+            };
+            if !sketch.take_changed() {
+                continue;
+            }
+            sketch.mark_changed();
+            if let Err(e) = merge(&shared, store, window.start, sketch).await {
+                log::debug!("window {}: writing its sketch failed: {e}", window.start);
+                ok = false;
+            }
+        }
+        if ok {
+            last_ok = tokio::time::Instant::now();
+        }
+        let stale = last_ok.elapsed() > MERGE_STALE;
+        if shared.merge_stale.swap(stale, Ordering::AcqRel) != stale {
+            if stale {
+                log::warn!(
+                    "no sketch reached Redis for {} s: answering 503 until one does",
+                    MERGE_STALE.as_secs()
+                );
+            } else {
+                log::info!("sketches reach Redis again: answering ids");
+            }
+        }
+    }
 }
 
 /// The window's endpoints, each with its site (what the fleet's bounds count).
@@ -770,17 +859,60 @@ const SETTINGS_TTL: Duration = Duration::from_secs(30);
 /// budget place every instance's cutoff before every other's count (with two graces, an
 /// `ok` can come after another instance read the count), and the endpoint bounds decide
 /// which endpoints the fleet calls.
-pub fn settings_fingerprint(config: &crate::config::Config) -> String {
+/// Approx mode adds the id of the fleet's hash key: sketches hashed with different keys
+/// would count one id once per key.
+pub fn settings_fingerprint(config: &crate::config::Config, key: Option<&HashKey>) -> String {
+    let key = key
+        .map(|k| format!(" hash_key={}", k.id()))
+        .unwrap_or_default();
     format!(
-        "window_secs={} redis_shards={} count=exact grace_ms={} max_clock_skew_ms={} \
-         callback_max_endpoints={} callback_max_per_domain={}",
+        "window_secs={} redis_shards={} count={} grace_ms={} max_clock_skew_ms={} \
+         callback_max_endpoints={} callback_max_per_domain={}{key}",
         config.window_secs,
         config.redis_shards(),
+        config.count.as_str(),
         config.grace_ms,
         config.max_clock_skew_ms,
         config.callback_max_endpoints,
         config.callback_max_per_domain,
     )
+}
+
+/// Approx mode: the fleet's hash key, read from Redis, or (the first instance of a fleet)
+/// a new one stored there. Like the settings, a newcomer only reads it while Redis is
+/// young: the fleet's instances put theirs back after an empty restart.
+pub async fn hash_key(
+    config: &crate::config::Config,
+    store: &Store,
+    within: Duration,
+) -> Result<HashKey, String> {
+    let deadline = tokio::time::Instant::now() + within;
+    let settled = deadline + YOUNG_REDIS;
+    let ours = HashKey::random().to_hex();
+    loop {
+        let claim = match store.heartbeat(super::members::HEARTBEAT_TTL, false).await {
+            Ok(beat) => beat.up_for >= YOUNG_REDIS || tokio::time::Instant::now() >= settled,
+            Err(_) => false,
+        };
+        match store.hash_key(claim.then_some(ours.as_str())).await {
+            Ok(Some(stored)) => {
+                return HashKey::from_hex(&stored).ok_or_else(|| {
+                    format!(
+                        "--count approx: Redis holds {}:hash-key, which is no hash key (32 hex digits)",
+                        config.redis_prefix
+                    )
+                });
+            }
+            Ok(None) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(format!(
+                    "--count approx: cannot read the fleet's hash key under --redis-prefix {}: {e}",
+                    config.redis_prefix
+                ));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// Compares this instance's settings with the fleet's at start-up, taking the announcement
@@ -790,10 +922,11 @@ pub fn settings_fingerprint(config: &crate::config::Config) -> String {
 /// fleet (found by review: one started during a stall served under another layout).
 pub async fn check_settings(
     config: &crate::config::Config,
+    key: Option<&HashKey>,
     store: &Store,
     within: Duration,
 ) -> Result<bool, String> {
-    let ours = settings_fingerprint(config);
+    let ours = settings_fingerprint(config, key);
     let deadline = tokio::time::Instant::now() + within;
     let settled = deadline + YOUNG_REDIS;
     loop {
@@ -842,7 +975,8 @@ pub async fn announce_settings(shared: Arc<Shared>) {
     let Some(store) = shared.store.as_ref() else {
         return;
     };
-    let ours = settings_fingerprint(&shared.settings);
+    let key = shared.windows.key();
+    let ours = settings_fingerprint(&shared.settings, key.as_ref());
     let trust = super::members::trust_period(&shared.settings);
     let mut reconnects = store.reconnections();
     let mut absent_since: Option<tokio::time::Instant> = None;
@@ -867,6 +1001,39 @@ pub async fn announce_settings(shared: Arc<Shared>) {
         }
         let was = shared.settings_differ.load(Ordering::Acquire);
         let claim = !was || absent_since.is_some_and(|t| t.elapsed() >= SETTINGS_TTL);
+        // Approx mode: the hash key goes back too (Redis may have lost it); one that is not
+        // ours shows as a fingerprint that differs, below.
+        if let Some(key) = key.filter(|_| claim) {
+            let ours = key.to_hex();
+            match store.hash_key(Some(&ours)).await {
+                Ok(stored) if stored.as_deref() == Some(ours.as_str()) => {}
+                // A member since before Redis's new generation outranks a key stored within
+                // its trust period (a newcomer's, after an empty restart), as for the
+                // settings: it puts the fleet's back, and the newcomer finds it differs.
+                Ok(_) if !was && store.settling(trust) => {
+                    if store.replace_hash_key(&ours).await.is_ok() {
+                        log::warn!(
+                            "replaced the hash key stored just after Redis restarted with this fleet's"
+                        );
+                    }
+                    continue;
+                }
+                Ok(_) => {
+                    if !was {
+                        log::error!(
+                            "the fleet under --redis-prefix {} hashes ids with another key than this instance: not ready, counting nothing (restart it to take the fleet's)",
+                            shared.settings.redis_prefix
+                        );
+                    }
+                    shared.settings_differ.store(true, Ordering::Release);
+                    continue;
+                }
+                Err(e) => {
+                    log::debug!("putting the hash key back failed: {e}");
+                    continue;
+                }
+            }
+        }
         let differ = match store.announce(&ours, SETTINGS_TTL, claim).await {
             Ok(Announced::Absent) => {
                 absent_since.get_or_insert_with(tokio::time::Instant::now);

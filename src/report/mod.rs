@@ -153,6 +153,9 @@ fn log_count(
         .field("window_secs", shared.windows.secs())
         .field("unique_requests", count)
         .field("scope", scope);
+    if approx(shared) {
+        entry = entry.field("count", "approx");
+    }
     if let Some(reason) = partial {
         entry = entry.field("partial", true).field(
             "reason",
@@ -198,7 +201,13 @@ fn publish(
 fn stream_record(shared: &Shared, start: i64, count: u64, scope: &str) {
     if let Some(stream) = &shared.stream {
         let window_start = format_utc(start * 1000, false);
-        let body = callback_body(&window_start, shared.windows.secs(), count, scope);
+        let body = callback_body(
+            &window_start,
+            shared.windows.secs(),
+            count,
+            scope,
+            approx(shared),
+        );
         stream.send(&window_start, &body);
     }
 }
@@ -207,7 +216,14 @@ fn stream_record(shared: &Shared, start: i64, count: u64, scope: &str) {
 /// batch reaches zero once every delivery is done or given up.
 fn post(shared: &Shared, start: i64, count: u64, scope: &str, endpoints: Vec<Box<str>>) -> Batch {
     let window_start: Arc<str> = format_utc(start * 1000, false).into();
-    let body: Arc<str> = callback_body(&window_start, shared.windows.secs(), count, scope).into();
+    let body: Arc<str> = callback_body(
+        &window_start,
+        shared.windows.secs(),
+        count,
+        scope,
+        approx(shared),
+    )
+    .into();
     let batch = BatchState::new(endpoints.len());
     if !endpoints.is_empty() {
         shared.status.callbacks_sent(start, &batch);
@@ -230,10 +246,23 @@ fn post(shared: &Shared, start: i64, count: u64, scope: &str, endpoints: Vec<Box
     batch
 }
 
-/// The JSON body POSTed to each endpoint (SPEC §4.2).
-pub fn callback_body(window_start: &str, secs: i64, count: u64, scope: &str) -> String {
+/// Whether counts are approximate (`--count approx`).
+fn approx(shared: &Shared) -> bool {
+    shared.windows.key().is_some()
+}
+
+/// The JSON body POSTed to each endpoint (SPEC §4.2); approx mode's says so (§3a), exact
+/// mode's is as it always was.
+pub fn callback_body(
+    window_start: &str,
+    secs: i64,
+    count: u64,
+    scope: &str,
+    approx: bool,
+) -> String {
+    let mode = if approx { r#","count":"approx""# } else { "" };
     format!(
-        r#"{{"window_start":"{window_start}","window_secs":{secs},"unique_requests":{count},"scope":"{scope}"}}"#
+        r#"{{"window_start":"{window_start}","window_secs":{secs},"unique_requests":{count},"scope":"{scope}"{mode}}}"#
     )
 }
 
@@ -244,8 +273,12 @@ mod tests {
     #[test]
     fn body_matches_the_contract() {
         assert_eq!(
-            callback_body("2026-11-24T14:05:00Z", 60, 1234, "local"),
+            callback_body("2026-11-24T14:05:00Z", 60, 1234, "local", false),
             r#"{"window_start":"2026-11-24T14:05:00Z","window_secs":60,"unique_requests":1234,"scope":"local"}"#
+        );
+        assert_eq!(
+            callback_body("2026-11-24T14:05:00Z", 60, 1234, "fleet", true),
+            r#"{"window_start":"2026-11-24T14:05:00Z","window_secs":60,"unique_requests":1234,"scope":"fleet","count":"approx"}"#
         );
     }
 }
@@ -335,7 +368,7 @@ mod clock_tests {
             .map_err(|e| e.message)
             .unwrap();
         let clock = Arc::new(ManualClock(AtomicI64::new(120_500)));
-        let shared = Arc::new(Shared::new(config, clock.clone(), None, None).unwrap());
+        let shared = Arc::new(Shared::new(config, clock.clone(), None, None, None).unwrap());
         let (finish, finishing) = watch::channel(false);
         let reporter = tokio::spawn(super::run(Arc::clone(&shared), finishing));
         let set = |ms: i64| clock.0.store(ms, std::sync::atomic::Ordering::SeqCst);
