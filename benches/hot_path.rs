@@ -5,6 +5,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use verve::http::query::{self, Endpoint, EndpointBuf};
+use verve::sketch::HashKey;
 use verve::window::Windows;
 
 fn parse(c: &mut Criterion) {
@@ -50,6 +51,16 @@ fn insert(c: &mut Criterion) {
             windows
                 .admit(black_box(1_000))
                 .map(|a| a.window().insert(black_box(42)))
+        })
+    });
+    group.bench_function("admit and insert unique id, approx", |b| {
+        let windows = Windows::new(0, 3600, (1000, 100), 0).approx(HashKey::random(), 0);
+        let mut id = 0i64;
+        b.iter(|| {
+            id += 1;
+            windows
+                .admit(black_box(1_000))
+                .map(|a| a.window().insert(black_box(id)))
         })
     });
     group.bench_function("parse and register known endpoint", |b| {

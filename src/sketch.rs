@@ -49,13 +49,21 @@ impl std::fmt::Debug for HashKey {
 }
 
 impl HashKey {
-    /// A key drawn from the OS (through std's `RandomState`, as the window's hash seed).
+    /// A key from the OS's random source (ring's `SystemRandom`; std's `RandomState` only if
+    /// that fails, which on Linux it does not).
     pub fn random() -> Self {
-        use std::hash::BuildHasher;
-        let draw = |salt: u64| std::collections::hash_map::RandomState::new().hash_one(salt);
+        use ring::rand::SecureRandom;
+        let mut bytes = [0u8; 16];
+        if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+            use std::hash::BuildHasher;
+            let state = std::collections::hash_map::RandomState::new();
+            bytes[..8].copy_from_slice(&state.hash_one(0x6b30_u64).to_le_bytes());
+            bytes[8..].copy_from_slice(&state.hash_one(0x6b31_u64).to_le_bytes());
+        }
+        let (k0, k1) = bytes.split_at(8);
         Self {
-            k0: draw(0x6b30),
-            k1: draw(0x6b31),
+            k0: u64::from_le_bytes(k0.try_into().unwrap_or_default()),
+            k1: u64::from_le_bytes(k1.try_into().unwrap_or_default()),
         }
     }
 
@@ -195,6 +203,11 @@ impl Sketch {
             self.changed.store(true, Ordering::Release);
         }
         true
+    }
+
+    /// Whether a register grew since [`Sketch::take_changed`] last cleared the mark.
+    pub fn changed(&self) -> bool {
+        self.changed.load(Ordering::Acquire)
     }
 
     /// Whether a register grew since the last call; clears the mark. Cleared before the
@@ -390,6 +403,33 @@ mod tests {
         assert_eq!(HashKey::from_hex("xyz"), None);
         assert_ne!(key.keyed(7), HashKey::random().keyed(7));
         assert!(!format!("{key:?}").contains(&key.to_hex()[..16]));
+    }
+
+    /// Ids chosen for long runs of zeros under Redis's unkeyed hash (what a caller who knows
+    /// the hash can compute) inflate an unkeyed sketch by orders of magnitude; keyed, they
+    /// count as what they are.
+    #[test]
+    fn crafted_ids_do_not_inflate_a_keyed_sketch() {
+        let mut digits = [0u8; 20];
+        let crafted: Vec<i64> = (0i64..)
+            .filter(|&id| pattern(decimal(id, &mut digits)).1 >= 8)
+            .take(100_000)
+            .collect();
+        let unkeyed = Sketch::new();
+        let keyed = Sketch::new();
+        let key = HashKey::random();
+        for &id in &crafted {
+            unkeyed.add(decimal(id, &mut digits));
+            keyed.insert(&key, id);
+        }
+        let n = crafted.len() as f64;
+        assert!(
+            unkeyed.estimate() as f64 > 20.0 * n,
+            "the attack works unkeyed: {}",
+            unkeyed.estimate()
+        );
+        let e = keyed.estimate() as f64;
+        assert!((e - n).abs() / n < 0.025, "keyed estimate {e} of {n}");
     }
 
     #[test]

@@ -488,10 +488,9 @@ pub async fn merge_sketches(shared: Arc<Shared>) {
             let Some(sketch) = window.sketch() else {
                 continue;
             };
-            if !sketch.take_changed() {
+            if !sketch.changed() {
                 continue;
             }
-            sketch.mark_changed();
             if let Err(e) = merge(&shared, store, window.start, sketch).await {
                 log::debug!("window {}: writing its sketch failed: {e}", window.start);
                 ok = false;
