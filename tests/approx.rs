@@ -436,3 +436,110 @@ fn an_exact_instance_refuses_an_approx_fleet() {
     let second = Verve::start(&fleet_args(&url, "4"));
     assert_eq!(second.get("/readyz").status, 200);
 }
+
+/// Found by review: a SIGTERM lost the ids its instance answered `ok` in its last second
+/// (the window cut short was never merged). Now the leaving instance hands that window's
+/// sketch over: the fleet's count holds both instances' ids.
+#[test]
+fn sigterm_hands_the_last_updates_over_to_the_fleet() {
+    let _serial = serial();
+    let Some(redis) = Redis::start() else { return };
+    let url = redis.url();
+    let a = Verve::start(&fleet_args(&url, "8"));
+    let mut b = Verve::start(&fleet_args(&url, "8"));
+    let window = sleep_into_next_window(8, 100);
+    let to_a: Vec<i64> = (0..1000).collect();
+    let to_b: Vec<i64> = (1000..1600).collect();
+    assert!(
+        send_ids(a.addr, &to_a, 2, "")
+            .iter()
+            .all(|(_, s)| *s == 200)
+    );
+    assert!(
+        send_ids(b.addr, &to_b, 2, "")
+            .iter()
+            .all(|(_, s)| *s == 200)
+    );
+    b.signal("TERM");
+    assert!(b.wait(Duration::from_secs(10)).success());
+    assert!(now_ms() < (window + 8) * 1000, "spilled past the window");
+    let line = a.wait_fleet_window(window, Duration::from_secs(20));
+    let error = (line.count() as f64 - 1600.0).abs() / 1600.0;
+    assert!(error < 0.025, "{}", line.raw);
+}
+
+/// Found by review: with the hash key deleted from Redis, a newcomer took a key of its own
+/// and turned the members away, window after window. Now the members put the fleet's key
+/// back and stay ready, and the newcomer waits for it and takes it.
+#[test]
+fn a_deleted_hash_key_is_put_back_and_a_newcomer_takes_it() {
+    let _serial = serial();
+    let Some(redis) = Redis::start() else { return };
+    let url = redis.url();
+    let a = Verve::start(&fleet_args(&url, "4"));
+    let b = Verve::start(&fleet_args(&url, "4"));
+    let key = redis.cli(&["get", "verve:hash-key"]).trim().to_string();
+    assert_eq!(key.len(), 32);
+    redis.cli(&["del", "verve:hash-key"]);
+    let c = Verve::start(&fleet_args(&url, "4"));
+    let ready = wait_for(Duration::from_secs(20), || {
+        (c.get("/readyz").status == 200).then_some(())
+    });
+    assert!(ready.is_some(), "the newcomer never took the fleet's key");
+    assert_eq!(redis.cli(&["get", "verve:hash-key"]).trim(), key);
+    for _ in 0..20 {
+        for verve in [&a, &b, &c] {
+            assert_eq!(verve.get("/readyz").status, 200, "a member was turned away");
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Found by review: Redis restarted empty while the members were stalled (under the
+/// heartbeat's TTL, so alive), and a newcomer started 2 s into the new Redis stored a key of
+/// its own and merged sketches under it: the same ids counted twice. Now a newcomer that
+/// stores a key in a young Redis looks again after the trust period, by which the members
+/// put the fleet's back: one count of the ids.
+#[test]
+fn a_newcomer_after_an_empty_restart_under_stalled_members_counts_nothing_twice() {
+    let _serial = serial();
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let a = Verve::start(&fleet_args(&url, "16"));
+    let b = Verve::start(&fleet_args(&url, "16"));
+    let window = sleep_into_next_window(16, 100);
+    let ids: Vec<i64> = (0..2000).collect();
+    assert!(send_ids(a.addr, &ids, 2, "").iter().all(|(_, s)| *s == 200));
+    thread::sleep(Duration::from_millis(1200)); // merged
+    a.signal("STOP");
+    b.signal("STOP");
+    redis.restart();
+    thread::sleep(Duration::from_millis(2050));
+    let (pa, pb) = (a.pid(), b.pid());
+    let wake = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(350));
+        for pid in [pa, pb] {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+    });
+    let n = Verve::start(&fleet_args(&url, "16"));
+    wake.join().unwrap();
+    let ready = wait_for(Duration::from_secs(10), || {
+        (n.get("/readyz").status == 200).then_some(())
+    });
+    assert!(ready.is_some(), "the newcomer never joined");
+    let replies = send_ids(n.addr, &ids, 2, "");
+    assert!(replies.iter().all(|(_, s)| *s == 200));
+    assert!(now_ms() < (window + 16) * 1000, "spilled past the window");
+    let line = a.wait_fleet_window(window, Duration::from_secs(30));
+    let error = (line.count() as f64 - 2000.0).abs() / 2000.0;
+    assert!(error < 0.025, "counted twice? {}", line.raw);
+    assert_eq!(
+        n.wait_fleet_window(window, Duration::from_secs(10)).count(),
+        line.count()
+    );
+}

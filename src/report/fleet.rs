@@ -461,6 +461,42 @@ async fn merge(
     }
 }
 
+/// Longest shutdown spends handing the window it cut short over to the fleet.
+const HAND_OVER_WITHIN: Duration = Duration::from_secs(1);
+
+/// Approx fleet mode, at shutdown: merges the sketch of the window cut short (the fleet
+/// counts it without this instance, whose ids answered `ok` must be in it: found by review,
+/// a SIGTERM lost the last second's) and marks it drained, within [`HAND_OVER_WITHIN`].
+/// Exact mode's ids are in Redis already.
+pub async fn hand_over(shared: &Shared, window: &Window) {
+    let (Some(store), Some(sketch)) = (shared.store.as_ref(), window.sketch()) else {
+        return;
+    };
+    if shared.settings_differ.load(Ordering::Acquire) {
+        return;
+    }
+    let start = window.start;
+    let handing = async {
+        let generation = store.generation();
+        merge(shared, store, start, sketch).await?;
+        store
+            .mark(start, &generation.id, expire_at(shared, start))
+            .await
+    };
+    match tokio::time::timeout(HAND_OVER_WITHIN, handing).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::warn!(
+            "window {}: its last updates did not reach Redis at shutdown: {e}",
+            format_utc(start * 1000, false)
+        ),
+        Err(_) => log::warn!(
+            "window {}: its last updates did not reach Redis within {} s of shutdown",
+            format_utc(start * 1000, false),
+            HAND_OVER_WITHIN.as_secs()
+        ),
+    }
+}
+
 /// How often approx mode writes each open window's sketch to Redis (when it changed).
 const MERGE_EVERY: Duration = Duration::from_secs(1);
 
@@ -879,7 +915,12 @@ pub fn settings_fingerprint(config: &crate::config::Config, key: Option<&HashKey
 
 /// Approx mode: the fleet's hash key, read from Redis, or (the first instance of a fleet)
 /// a new one stored there. Like the settings, a newcomer only reads it while Redis is
-/// young: the fleet's instances put theirs back after an empty restart.
+/// young: the fleet's instances put theirs back after an empty restart. It never takes a
+/// key while a fleet announces its settings (the members put theirs back within a round).
+/// And one that stored a new key in a Redis up for less than [`YOUNG_FOR_KEYS`] looks again
+/// after the trust period before it serves: members stalled through an empty restart (found
+/// by review: a newcomer's sketches, merged under its own key, doubled the count) come back
+/// within it and put the fleet's key back, which it then takes.
 pub async fn hash_key(
     config: &crate::config::Config,
     store: &Store,
@@ -888,13 +929,43 @@ pub async fn hash_key(
     let deadline = tokio::time::Instant::now() + within;
     let settled = deadline + YOUNG_REDIS;
     let ours = HashKey::random().to_hex();
+    let mut announced_since: Option<tokio::time::Instant> = None;
     loop {
-        let claim = match store.heartbeat(super::members::HEARTBEAT_TTL, false).await {
-            Ok(beat) => beat.up_for >= YOUNG_REDIS || tokio::time::Instant::now() >= settled,
-            Err(_) => false,
+        let (claim, young) = match store.heartbeat(super::members::HEARTBEAT_TTL, false).await {
+            Ok(beat) => (
+                beat.up_for >= YOUNG_REDIS || tokio::time::Instant::now() >= settled,
+                beat.up_for < YOUNG_FOR_KEYS,
+            ),
+            Err(_) => (false, false),
         };
+        // A fleet that announces its settings has a key: wait for it (bounded: an
+        // announcement outlives its last member by at most its lifetime).
+        let announced = matches!(
+            store.announce("", SETTINGS_TTL, false).await,
+            Ok(Announced::Theirs(_))
+        );
+        if announced {
+            announced_since.get_or_insert_with(tokio::time::Instant::now);
+        }
+        let wait_for_fleet =
+            announced && announced_since.is_some_and(|t| t.elapsed() < SETTINGS_TTL);
+        let claim = claim && !wait_for_fleet;
         match store.hash_key(claim.then_some(ours.as_str())).await {
             Ok(Some(stored)) => {
+                let created = stored == ours;
+                let stored = if created && young {
+                    log::info!(
+                        "stored a new hash key in a Redis that started recently; looking again in {} s before serving",
+                        super::members::trust_period(config).as_secs()
+                    );
+                    tokio::time::sleep(super::members::trust_period(config)).await;
+                    match store.hash_key(None).await {
+                        Ok(Some(now)) => now,
+                        _ => stored,
+                    }
+                } else {
+                    stored
+                };
                 return HashKey::from_hex(&stored).ok_or_else(|| {
                     format!(
                         "--count approx: Redis holds {}:hash-key, which is no hash key (32 hex digits)",
@@ -913,6 +984,10 @@ pub async fn hash_key(
         }
     }
 }
+
+/// A Redis up for less than this may have restarted empty under a stalled fleet: a key
+/// stored in it is looked at again after the trust period (see [`hash_key`]).
+const YOUNG_FOR_KEYS: Duration = Duration::from_secs(30);
 
 /// Compares this instance's settings with the fleet's at start-up, taking the announcement
 /// if there is none (the first instance of a fleet): `Ok(true)` (and says why) when they
@@ -1000,39 +1075,6 @@ pub async fn announce_settings(shared: Arc<Shared>) {
         }
         let was = shared.settings_differ.load(Ordering::Acquire);
         let claim = !was || absent_since.is_some_and(|t| t.elapsed() >= SETTINGS_TTL);
-        // Approx mode: the hash key goes back too (Redis may have lost it); one that is not
-        // ours shows as a fingerprint that differs, below.
-        if let Some(key) = key.filter(|_| claim) {
-            let ours = key.to_hex();
-            match store.hash_key(Some(&ours)).await {
-                Ok(stored) if stored.as_deref() == Some(ours.as_str()) => {}
-                // A member since before Redis's new generation outranks a key stored within
-                // its trust period (a newcomer's, after an empty restart), as for the
-                // settings: it puts the fleet's back, and the newcomer finds it differs.
-                Ok(_) if !was && store.settling(trust) => {
-                    if store.replace_hash_key(&ours).await.is_ok() {
-                        log::warn!(
-                            "replaced the hash key stored just after Redis restarted with this fleet's"
-                        );
-                    }
-                    continue;
-                }
-                Ok(_) => {
-                    if !was {
-                        log::error!(
-                            "the fleet under --redis-prefix {} hashes ids with another key than this instance: not ready, counting nothing (restart it to take the fleet's)",
-                            shared.settings.redis_prefix
-                        );
-                    }
-                    shared.settings_differ.store(true, Ordering::Release);
-                    continue;
-                }
-                Err(e) => {
-                    log::debug!("putting the hash key back failed: {e}");
-                    continue;
-                }
-            }
-        }
         let differ = match store.announce(&ours, SETTINGS_TTL, claim).await {
             Ok(Announced::Absent) => {
                 absent_since.get_or_insert_with(tokio::time::Instant::now);
@@ -1065,6 +1107,24 @@ pub async fn announce_settings(shared: Arc<Shared>) {
             }
         };
         absent_since = None;
+        // Approx mode: a member of the fleet (the announcement, which carries the key's id,
+        // is ours) puts the fleet's hash key back whenever Redis does not hold it: lost in
+        // a restart, deleted, or overwritten — by a newcomer after an empty restart too.
+        // Found by review: a deleted key, taken by a newcomer, turned the members away.
+        if !differ && let Some(key) = key {
+            let hex = key.to_hex();
+            match store.hash_key(Some(&hex)).await {
+                Ok(stored) if stored.as_deref() == Some(hex.as_str()) => {}
+                Ok(_) => {
+                    if store.replace_hash_key(&hex).await.is_ok() {
+                        log::warn!(
+                            "Redis held another hash key than the fleet's: put the fleet's back"
+                        );
+                    }
+                }
+                Err(e) => log::debug!("putting the hash key back failed: {e}"),
+            }
+        }
         shared.settings_differ.store(differ, Ordering::Release);
         if was && !differ {
             log::info!("the fleet's settings match this instance's now: ready");

@@ -86,14 +86,17 @@ pub async fn run(shared: Arc<Shared>, mut finish: watch::Receiver<bool>) {
             shared.windows.close();
             // Logged even when the clock stands before it (stepped back): requests of an
             // earlier, reported window were counted in it.
-            report_oldest(&shared, true).await;
+            let last = report_oldest(&shared, true).await;
+            // Approx fleet mode: its last updates go to Redis (the fleet counts it without
+            // this instance) before the heartbeat is withdrawn.
+            fleet::hand_over(&shared, &last).await;
             return;
         }
     }
 }
 
-/// Closes the oldest open window, waits for its requests, and reports it.
-async fn report_oldest(shared: &Arc<Shared>, partial: bool) {
+/// Closes the oldest open window, waits for its requests, and reports it; hands it back.
+async fn report_oldest(shared: &Arc<Shared>, partial: bool) -> Arc<crate::window::Window> {
     // The next window is tagged with the generation as seen now: ids that Redis of an
     // earlier generation acknowledged are re-added when it closes.
     let epoch = shared.store.as_ref().map_or(0, |s| s.generation().seq);
@@ -114,8 +117,8 @@ async fn report_oldest(shared: &Arc<Shared>, partial: bool) {
         );
     }
     if shared.store.is_some() && !partial {
-        fleet::report(shared, window).await;
-        return;
+        fleet::report(shared, Arc::clone(&window)).await;
+        return window;
     }
     let count = window.count() as u64;
     log_count(
@@ -129,6 +132,7 @@ async fn report_oldest(shared: &Arc<Shared>, partial: bool) {
         // A window cut short is neither POSTed nor streamed.
         publish(shared, window.start, count, "local", window.endpoints());
     }
+    window
 }
 
 /// Why a window's line is partial (SPEC §4.1).

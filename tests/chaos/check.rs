@@ -4,6 +4,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write;
 
+use verve::sketch::{self, HashKey};
+
 use crate::common::{Line, Received, rfc3339};
 use crate::{Fault, Kind, RECOVERY_LIMIT_MS, WINDOW_SECS};
 
@@ -29,6 +31,9 @@ pub struct Evidence<'a> {
     pub posts: &'a [Received],
     /// The ids Redis held for a window soon after its count was read.
     pub audit: &'a HashMap<i64, HashSet<i64>>,
+    /// Approx mode: the fleet's hash key (if it could be read) and each window's HyperLogLog
+    /// registers as Redis held them soon after its count was read.
+    pub sketches: Option<(Option<HashKey>, &'a HashMap<i64, Vec<u8>>)>,
     pub faults: &'a [Fault],
 }
 
@@ -45,6 +50,8 @@ pub struct Summary {
     pub posts: usize,
     /// POSTs repeated for one endpoint and window (allowed across a leader's death).
     pub repeated: usize,
+    /// Approx mode: windows whose HyperLogLog was checked register by register.
+    pub audited: usize,
     pub violations: Vec<Violation>,
     /// Per fault (in order): milliseconds from its lifting to the next `ok`.
     pub recovery: Vec<Option<i64>>,
@@ -73,6 +80,7 @@ pub fn check(e: &Evidence) -> Summary {
         .filter_map(|p| Some((p, body(p)?)))
         .collect();
     let mut repeated = 0;
+    let mut audited = 0;
     for &w in e.windows {
         let shown = rfc3339(w);
         let mut flag = |invariant: &'static str, detail: String| {
@@ -160,7 +168,21 @@ pub fn check(e: &Evidence) -> Summary {
                 ),
             );
         }
-        for &count in said.keys() {
+        if let Some((key, registers)) = e.sketches {
+            // An instance killed while the window was open (or within a merge after it)
+            // takes its last second's updates with it, as promised: not held against it.
+            // (A fault's span runs from when it began, a leader kill's wait for a leader
+            // included, to the restart.)
+            let killed = e.faults.iter().any(|f| {
+                matches!(f.kind, Kind::InstanceKill | Kind::LeaderKill)
+                    && f.lifted_ms >= w * 1000
+                    && f.at_ms <= (w + WINDOW_SECS) * 1000 + 1500
+            });
+            if !killed && approx_checks(key, registers.get(&w), &said, &ok, &sent, &mut flag) {
+                audited += 1;
+            }
+        }
+        for &count in said.keys().filter(|_| e.sketches.is_none()) {
             if (count as usize) < ok.len() {
                 let missing: Vec<i64> = match e.audit.get(&w) {
                     Some(held) => {
@@ -251,9 +273,81 @@ pub fn check(e: &Evidence) -> Summary {
         oks: oks.len(),
         posts: posts.len(),
         repeated,
+        audited,
         violations,
         recovery,
     }
+}
+
+/// Approx mode's promises for one window (SPEC §3a), in place of the exact count's: every
+/// `ok` id's register is in the window's HyperLogLog as Redis held it for the count (I-ok,
+/// register by register: exact, not within the error), no register exceeds what the ids
+/// sent give (the count holds nothing but them, hashed with the fleet's one key), and the
+/// one count is within the error bound of the truth, which lies between the ids answered
+/// `ok` and those sent. The registers are judged only when their estimate is the count
+/// that was fixed (Redis may have restarted, or a late merge landed, since); true when they
+/// were.
+fn approx_checks(
+    key: Option<HashKey>,
+    registers: Option<&Vec<u8>>,
+    said: &BTreeMap<u64, Vec<String>>,
+    ok: &HashSet<i64>,
+    sent: &HashSet<i64>,
+    flag: &mut impl FnMut(&'static str, String),
+) -> bool {
+    let Some(&count) = said.keys().next() else {
+        return false;
+    };
+    let bound = |n: usize| (n as f64 * 0.025).max(3.0);
+    if (count as f64) < ok.len() as f64 - bound(ok.len())
+        || count as f64 > sent.len() as f64 + bound(sent.len())
+    {
+        flag(
+            "I-error",
+            format!(
+                "fleet count {count} outside the error bound of {} ids ok, {} sent",
+                ok.len(),
+                sent.len()
+            ),
+        );
+    }
+    let (Some(key), Some(registers)) = (key, registers) else {
+        return false;
+    };
+    if sketch::estimate(registers) != count {
+        return false;
+    }
+    let offered = |ids: &HashSet<i64>| {
+        let mut max = vec![0u8; sketch::REGISTERS];
+        for &id in ids {
+            let (index, value) = sketch::pattern(&key.keyed(id));
+            max[index] = max[index].max(value);
+        }
+        max
+    };
+    let needed = offered(ok);
+    let missing = (0..sketch::REGISTERS)
+        .filter(|&i| registers[i] < needed[i])
+        .count();
+    if missing > 0 {
+        flag(
+            "I-ok",
+            format!(
+                "{missing} registers of ids answered ok are below their value in the window's HyperLogLog (count {count})"
+            ),
+        );
+    }
+    let possible = offered(sent);
+    let beyond = (0..sketch::REGISTERS)
+        .filter(|&i| registers[i] > possible[i])
+        .count();
+    if beyond > 0 {
+        flag(
+            "I-bound",
+            format!("{beyond} registers of the window's HyperLogLog exceed every id sent"),
+        );
+    }
+    true
 }
 
 /// `a, b, c and 7 more`.
@@ -273,6 +367,13 @@ impl Summary {
             "chaos: {} windows checked; {} requests, {} answered ok; {} POSTs ({} repeated)",
             self.windows, self.requests, self.oks, self.posts, self.repeated
         );
+        if self.audited > 0 {
+            let _ = writeln!(
+                out,
+                "approx: {} windows' HyperLogLogs checked register by register",
+                self.audited
+            );
+        }
         let mut kinds: BTreeMap<Kind, Vec<Option<i64>>> = BTreeMap::new();
         for (f, r) in faults.iter().zip(&self.recovery) {
             kinds.entry(f.kind).or_default().push(*r);

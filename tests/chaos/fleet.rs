@@ -22,6 +22,8 @@ pub struct Settings {
     pub knows_skew_budget: bool,
     /// Redis is a cluster (`--redis-cluster`).
     pub cluster: bool,
+    /// The instances run `--count approx`.
+    pub approx: bool,
 }
 
 /// One instance slot: its port, clock offset and link to Redis, and its incarnations.
@@ -94,6 +96,9 @@ impl Member {
         }
         if settings.cluster {
             args.push("--redis-cluster");
+        }
+        if settings.approx {
+            args.extend(["--count", "approx"]);
         }
         let stderr = run_dir.join(format!("{}.stderr", self.incarnation()));
         let verve = Verve::start_on(&self.listen.to_string(), &args, &[], &stderr);

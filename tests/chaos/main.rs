@@ -58,6 +58,7 @@ fn a_fixed_schedule_of_faults_breaks_no_promise() {
         kinds: Kind::defaults("single"),
         instances: 3,
         pace_ms: 2,
+        approx: false,
     });
 }
 
@@ -75,6 +76,7 @@ fn a_cluster_failing_over_breaks_no_promise() {
         kinds: vec![Kind::Failover, Kind::Failover, Kind::InstanceKill],
         instances: 3,
         pace_ms: 2,
+        approx: false,
     });
 }
 
@@ -89,6 +91,24 @@ fn a_sentinel_failover_breaks_no_promise() {
         kinds: vec![Kind::Failover, Kind::Failover, Kind::LeaderKill],
         instances: 3,
         pace_ms: 2,
+        approx: false,
+    });
+}
+
+/// Approx mode (`--count approx`) under the single topology's faults: every `ok` id's
+/// register is in the window's Redis HyperLogLog after the count (checked register by
+/// register with the fleet's hash key), no register exceeds what the ids sent can give, and
+/// the fleet agrees on one count within the error bound.
+#[test]
+fn an_approx_fleet_under_faults_breaks_no_promise() {
+    run_and_check(&Plan {
+        seed: 18,
+        topology: "single".into(),
+        duration: Duration::from_secs(60),
+        kinds: Kind::defaults("single"),
+        instances: 3,
+        pace_ms: 2,
+        approx: true,
     });
 }
 
@@ -205,6 +225,8 @@ struct Plan {
     kinds: Vec<Kind>,
     instances: usize,
     pace_ms: u64,
+    /// `--count approx` (`CHAOS_COUNT=approx`).
+    approx: bool,
 }
 
 impl Plan {
@@ -242,6 +264,7 @@ impl Plan {
             kinds,
             instances: instances.clamp(2, 4),
             pace_ms: var("CHAOS_PACE_MS").map_or(2, |p| p.parse().expect("CHAOS_PACE_MS")),
+            approx: var("CHAOS_COUNT").is_some_and(|c| c == "approx"),
         }
     }
 }
@@ -304,6 +327,7 @@ fn run_and_check(plan: &Plan) {
         skew_budget_ms: SKEW_BUDGET_MS,
         knows_skew_budget: binary_knows("--max-clock-skew-ms"),
         cluster: plan.topology == "cluster",
+        approx: plan.approx,
     };
     let store = Arc::new(Store::new(backend));
     let members: Vec<Member> = (0..plan.instances)
@@ -358,7 +382,8 @@ fn run_and_check(plan: &Plan) {
     let stop = Arc::new(AtomicBool::new(false));
     let auditor = {
         let (store, stop) = (Arc::clone(&store), Arc::clone(&stop));
-        thread::spawn(move || audit(&store, &stop, started_ms))
+        let approx = plan.approx;
+        thread::spawn(move || audit(&store, &stop, started_ms, approx))
     };
     let faults = inject(
         plan,
@@ -378,7 +403,10 @@ fn run_and_check(plan: &Plan) {
         (WINDOW_SECS * 1000 + grace_ms() + 9000) as u64,
     ));
     stop.store(true, Ordering::Relaxed);
-    let audit = auditor.join().expect("auditor");
+    let (audit, registers) = auditor.join().expect("auditor");
+    let hash_key = store
+        .cli(&["GET", "verve:hash-key"])
+        .and_then(|k| verve::sketch::HashKey::from_hex(k.trim()));
     let logs: Vec<_> = members
         .lock()
         .unwrap()
@@ -396,6 +424,7 @@ fn run_and_check(plan: &Plan) {
         logs: &logs,
         posts: &posts,
         audit: &audit,
+        sketches: plan.approx.then_some((hash_key, &registers)),
         faults: &faults,
     });
     let report = summary.report(&faults);
@@ -709,21 +738,48 @@ fn strike(
 
 /// Reads each window's ids from Redis soon after its count was read (one server holding the
 /// keys, one shard; not in a cluster): when a count falls short, the report names the ids
-/// Redis did not hold.
-fn audit(store: &Store, stop: &AtomicBool, started_ms: i64) -> HashMap<i64, HashSet<i64>> {
+/// Redis did not hold. In approx mode it reads the window's HyperLogLog registers instead.
+fn audit(
+    store: &Store,
+    stop: &AtomicBool,
+    started_ms: i64,
+    approx: bool,
+) -> (HashMap<i64, HashSet<i64>>, HashMap<i64, Vec<u8>>) {
     let mut held = HashMap::new();
+    let mut registers = HashMap::new();
     let mut window = next_boundary(started_ms) / 1000;
     while !stop.load(Ordering::Relaxed) {
         sleep_until((window + WINDOW_SECS) * 1000 + grace_ms() + 1500);
-        let key = format!("verve:{{{window}:0}}:ids");
-        if let Some(members) = store.cli(&["SMEMBERS", &key]) {
-            let ids = members
-                .lines()
-                .filter_map(|l| l.trim().parse().ok())
-                .collect();
-            held.insert(window, ids);
+        if approx {
+            // As hex: redis-cli cannot hand binary back intact.
+            let hex = store.cli(&[
+                "EVAL",
+                "local v = redis.call('GET', KEYS[1]) if not v then return '' end \
+                 return (v:gsub('.', function(c) return string.format('%02x', c:byte()) end))",
+                "1",
+                &format!("verve:{{{window}}}:hll"),
+            ]);
+            let bytes: Option<Vec<u8>> = hex.and_then(|h| {
+                let h = h.trim();
+                (0..h.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok())
+                    .collect()
+            });
+            if let Some(regs) = bytes.and_then(|b| verve::sketch::registers_of_dense(&b)) {
+                registers.insert(window, regs);
+            }
+        } else {
+            let key = format!("verve:{{{window}:0}}:ids");
+            if let Some(members) = store.cli(&["SMEMBERS", &key]) {
+                let ids = members
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect();
+                held.insert(window, ids);
+            }
         }
         window += WINDOW_SECS;
     }
-    held
+    (held, registers)
 }
