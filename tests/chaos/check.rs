@@ -22,6 +22,9 @@ pub struct Answer {
     pub done_ms: i64,
 }
 
+/// Each window's HyperLogLog registers as Redis held them soon after its count was read.
+pub type Registers = HashMap<i64, Vec<u8>>;
+
 pub struct Evidence<'a> {
     /// The window starts checked: the full windows while clients ran.
     pub windows: &'a [i64],
@@ -33,7 +36,7 @@ pub struct Evidence<'a> {
     pub audit: &'a HashMap<i64, HashSet<i64>>,
     /// Approx mode: the fleet's hash key (if it could be read) and each window's HyperLogLog
     /// registers as Redis held them soon after its count was read.
-    pub sketches: Option<(Option<HashKey>, &'a HashMap<i64, Vec<u8>>)>,
+    pub sketches: Option<(Option<HashKey>, &'a Registers)>,
     pub faults: &'a [Fault],
 }
 
