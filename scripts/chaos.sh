@@ -19,7 +19,9 @@
 # Environment: CHAOS_FAULTS (comma list of the kinds above: redis-restart, instance-kill,
 # leader-kill, client-pause, delay-spike, failover; default every kind the topology can
 # suffer), CHAOS_INSTANCES (2–4; default from
-# the seed), CHAOS_PACE_MS (pause between a client's requests, default 2), VERVE_BIN (run
+# the seed), CHAOS_PACE_MS (pause between a client's requests, default 2), CHAOS_COUNT=approx
+# (the instances run --count approx; every ok id's register is then checked in the window's
+# Redis HyperLogLog, and the count against the error bound), VERVE_BIN (run
 # another build of verve, e.g. an older commit's, under the same checker).
 set -euo pipefail
 cd "$(dirname "$0")/.."
