@@ -34,8 +34,9 @@ fn parse(c: &mut Criterion) {
 fn insert(c: &mut Criterion) {
     let mut group = c.benchmark_group("window");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("admit and insert unique id", |b| {
-        let windows = Windows::new(0, 3600, (1000, 100), 0);
+    // Each new id into windows made by `make` (exact sets or approx sketches).
+    let unique = |b: &mut criterion::Bencher, make: fn() -> Windows| {
+        let windows = make();
         let mut id = 0i64;
         b.iter(|| {
             id += 1;
@@ -43,6 +44,9 @@ fn insert(c: &mut Criterion) {
                 .admit(black_box(1_000))
                 .map(|a| a.window().insert(black_box(id)))
         })
+    };
+    group.bench_function("admit and insert unique id", |b| {
+        unique(b, || Windows::new(0, 3600, (1000, 100), 0))
     });
     group.bench_function("admit and insert duplicate id", |b| {
         let windows = Windows::new(0, 3600, (1000, 100), 0);
@@ -54,13 +58,8 @@ fn insert(c: &mut Criterion) {
         })
     });
     group.bench_function("admit and insert unique id, approx", |b| {
-        let windows = Windows::new(0, 3600, (1000, 100), 0).approx(HashKey::random(), 0);
-        let mut id = 0i64;
-        b.iter(|| {
-            id += 1;
-            windows
-                .admit(black_box(1_000))
-                .map(|a| a.window().insert(black_box(id)))
+        unique(b, || {
+            Windows::new(0, 3600, (1000, 100), 0).approx(HashKey::random(), 0)
         })
     });
     group.bench_function("parse and register known endpoint", |b| {

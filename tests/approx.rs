@@ -11,15 +11,10 @@ use std::thread;
 use std::time::Duration;
 
 use common::{
-    Nginx, Receiver, Redis, Verve, encode, now_ms, send_ids, sleep_into_next_window, wait_for,
+    Nginx, Receiver, Redis, Verve, encode, now_ms, send_ids, serial, sleep_into_next_window,
+    wait_for,
 };
 use verve::sketch::{self, HashKey, Sketch};
-
-/// One fleet test at a time (each runs servers and a burst of load).
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A minimal RESP client: redis-cli cannot pass arbitrary bytes as arguments.
 struct Resp {

@@ -13,7 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::{
-    DelayLink, Line, Received, Receiver, Redis, Verve, encode, line_ms, now_ms, rfc3339,
+    DelayLink, Line, Received, Receiver, Redis, Verve, encode, line_ms, now_ms, rfc3339, serial,
     sleep_into_next_window, wait_for,
 };
 
@@ -22,12 +22,6 @@ const SECS: i64 = 3;
 
 /// How long a window's `scope=fleet` line may take (a restart delays it by a heartbeat TTL).
 const FLEET_WAIT: Duration = Duration::from_secs(30);
-
-/// Each test runs several servers around window boundaries: one at a time.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Verve in fleet mode on `url` (Redis itself or a [`DelayLink`] to it), its callbacks
 /// allowed to loopback, plus `extra`.

@@ -9,19 +9,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{
-    Cluster, Nginx, Receiver, Redis, Verve, encode, now_ms, rfc3339, send_ids,
+    Cluster, Nginx, Receiver, Redis, Verve, encode, now_ms, rfc3339, send_ids, serial,
     sleep_into_next_window, wait_for,
 };
 
 const WINDOW: &str = "4";
 const SECS: i64 = 4;
-
-/// The fleet tests each run several servers and a burst of load: one at a time, so that on
-/// a small machine a burst still fits in its window.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The instance logged the window with this fleet count.
 fn assert_fleet_count(verve: &Verve, window: i64, count: u64) {

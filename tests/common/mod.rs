@@ -271,6 +271,13 @@ pub fn read_log(path: &Path) -> Vec<Line> {
 }
 
 /// Polls `probe` every 20 ms until it yields or `timeout` passes.
+/// Runs a test binary's fleet tests one at a time (each runs servers and a burst of load:
+/// on a small machine a burst must still fit in its window). Held for the test's length.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn wait_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
