@@ -179,6 +179,12 @@ pub struct Config {
     #[arg(long, env = "VERVE_COUNT", value_enum, default_value_t = CountMode::Exact)]
     pub count: CountMode,
 
+    /// Approx mode: the secret ids are hashed with, the same on every instance of a fleet (at
+    /// least 16 characters; prefer the environment variable). Unset: a fleet keeps one in
+    /// Redis (`<prefix>:hash-key`), a single node draws its own.
+    #[arg(long, env = "VERVE_HASH_KEY")]
+    pub hash_key: Option<String>,
+
     /// PEM file of the CA that signed Redis's certificate (rediss:// with a private CA);
     /// unset trusts the system's roots.
     #[arg(long, env = "VERVE_REDIS_CA_FILE")]
@@ -271,7 +277,12 @@ pub(crate) fn comma_separated<T>(
 pub const CUTOFF_MARGIN_MS: u64 = 100;
 
 /// Flags whose values are secrets (or may hold them): never echoed in an error.
-const SECRET_FLAGS: [&str; 3] = ["--redis-url", "--callback-secret", "--kafka-option"];
+const SECRET_FLAGS: [&str; 4] = [
+    "--redis-url",
+    "--callback-secret",
+    "--kafka-option",
+    "--hash-key",
+];
 
 /// Clap's first error line without the offending value when the flag is a secret one.
 fn hide_secret_value(e: &clap::Error, first: &str) -> String {
@@ -338,6 +349,14 @@ impl Config {
             && let Err(why) = Signer::new(secret)
         {
             return Err(format!("--callback-secret: {why}"));
+        }
+        if let Some(key) = &self.hash_key
+            && key.chars().count() < 16
+        {
+            return Err(
+                "--hash-key: at least 16 characters (a secret: callers who know it can choose ids that inflate the count)"
+                    .into(),
+            );
         }
         let window_ms = u64::from(self.window_secs) * 1000;
         if self.grace_ms >= window_ms {

@@ -174,11 +174,12 @@ impl Shared {
     }
 
     /// Ready to serve: not shutting down and, in fleet mode, a member of the fleet,
-    /// connected to the store.
+    /// connected to the store (and in approx mode, its sketches reaching Redis).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
             && !self.settings_differ.load(Ordering::Acquire)
             && !self.fenced.load(Ordering::Acquire)
+            && !self.merge_stale.load(Ordering::Acquire)
             && self.store.as_ref().is_none_or(Store::is_connected)
     }
 
@@ -243,9 +244,11 @@ pub async fn run(
         }
         None => (None, None),
     };
-    // Approx mode's fleet-wide hash key: the fleet's, or ours if we are its first.
-    let key = match (&store, config.count) {
-        (Some(store), CountMode::Approx) => Some(
+    // Approx mode's fleet-wide hash key: from --hash-key, or kept in Redis (the fleet's, or
+    // ours if we are its first).
+    let key = match (&store, config.count, &config.hash_key) {
+        (_, CountMode::Approx, Some(secret)) => Some(HashKey::derive(secret)),
+        (Some(store), CountMode::Approx, None) => Some(
             report::fleet::hash_key(&config, store, STORE_CONNECT_TIMEOUT)
                 .await
                 .map_err(io::Error::other)?,

@@ -67,6 +67,24 @@ impl HashKey {
         }
     }
 
+    /// The key derived from a configured secret (`--hash-key`): the first 128 bits of
+    /// SHA-256 over a label and the secret, so every instance given it hashes alike.
+    pub fn derive(secret: &str) -> Self {
+        let mut input = b"verve hash key\0".to_vec();
+        input.extend_from_slice(secret.as_bytes());
+        let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+        let bytes = digest.as_ref();
+        let word = |at: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_le_bytes(w)
+        };
+        Self {
+            k0: word(0),
+            k1: word(8),
+        }
+    }
+
     /// The key as stored in Redis: 32 lowercase hex digits.
     pub fn to_hex(&self) -> String {
         format!("{:016x}{:016x}", self.k0, self.k1)
@@ -401,6 +419,9 @@ mod tests {
         assert_eq!(HashKey::from_hex(&key.to_hex()), Some(key));
         assert_ne!(HashKey::random(), key);
         assert_eq!(HashKey::from_hex("xyz"), None);
+        let derived = HashKey::derive("a fleet's shared secret");
+        assert_eq!(derived, HashKey::derive("a fleet's shared secret"));
+        assert_ne!(derived, HashKey::derive("another fleet's secret"));
         assert_ne!(key.keyed(7), HashKey::random().keyed(7));
         assert!(!format!("{key:?}").contains(&key.to_hex()[..16]));
     }

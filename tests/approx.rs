@@ -538,3 +538,114 @@ fn a_newcomer_after_an_empty_restart_under_stalled_members_counts_nothing_twice(
         line.count()
     );
 }
+
+/// What `--hash-key` gives every instance of a fleet.
+const SHARED_KEY: &str = "a secret the whole fleet is given";
+
+fn keyed_args<'a>(url: &'a str, window: &'a str) -> Vec<&'a str> {
+    let mut args = fleet_args(url, window);
+    args.extend(["--hash-key", SHARED_KEY]);
+    args
+}
+
+/// Found by the second review, without `--hash-key`: members stalled 3.5 s through an empty
+/// restart came back after a newcomer had served under a key of its own (counted twice, the
+/// newcomer unready for good). With the key configured every instance hashes alike,
+/// whatever Redis lost: one count, and every instance logs it.
+#[test]
+fn with_a_configured_key_stalled_members_and_a_newcomer_count_once() {
+    let _serial = serial();
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let url = redis.url();
+    let a = Verve::start(&keyed_args(&url, "16"));
+    let b = Verve::start(&keyed_args(&url, "16"));
+    let window = sleep_into_next_window(16, 100);
+    let ids: Vec<i64> = (0..2000).collect();
+    assert!(send_ids(a.addr, &ids, 2, "").iter().all(|(_, s)| *s == 200));
+    thread::sleep(Duration::from_millis(1200));
+    a.signal("STOP");
+    b.signal("STOP");
+    redis.restart();
+    let (pa, pb) = (a.pid(), b.pid());
+    let wake = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(3500));
+        for pid in [pa, pb] {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+    });
+    thread::sleep(Duration::from_millis(2200));
+    let n = Verve::start(&keyed_args(&url, "16"));
+    assert!(send_ids(n.addr, &ids, 2, "").iter().all(|(_, s)| *s == 200));
+    wake.join().unwrap();
+    let back = wait_for(Duration::from_secs(10), || {
+        (a.get("/readyz").status == 200 && b.get("/readyz").status == 200).then_some(())
+    });
+    assert!(back.is_some(), "the members did not come back");
+    assert!(send_ids(b.addr, &ids, 2, "").iter().all(|(_, s)| *s == 200));
+    assert!(now_ms() < (window + 16) * 1000, "spilled past the window");
+    let counts: Vec<u64> = [&a, &b, &n]
+        .iter()
+        .map(|v| v.wait_fleet_window(window, Duration::from_secs(30)).count())
+        .collect();
+    assert!(counts.iter().all(|&c| c == counts[0]), "{counts:?}");
+    let error = (counts[0] as f64 - 2000.0).abs() / 2000.0;
+    assert!(error < 0.025, "counted twice? {counts:?}");
+    assert_eq!(n.get("/readyz").status, 200);
+}
+
+/// Found by the second review, without `--hash-key`: Redis lost both the announcement and
+/// the key without a restart (`FLUSHDB`), a newcomer took both, and the members were turned
+/// away for good with their ids. With the key configured the newcomer's announcement is the
+/// fleet's: nobody is turned away and the window's count holds every instance's ids.
+#[test]
+fn with_a_configured_key_a_flushdb_and_a_newcomer_turn_nobody_away() {
+    let _serial = serial();
+    let Some(redis) = Redis::start() else { return };
+    let url = redis.url();
+    let a = Verve::start(&keyed_args(&url, "16"));
+    let b = Verve::start(&keyed_args(&url, "16"));
+    let window = sleep_into_next_window(16, 100);
+    let to_a: Vec<i64> = (0..1000).collect();
+    let to_b: Vec<i64> = (1000..2000).collect();
+    assert!(
+        send_ids(a.addr, &to_a, 2, "")
+            .iter()
+            .all(|(_, s)| *s == 200)
+    );
+    assert!(
+        send_ids(b.addr, &to_b, 2, "")
+            .iter()
+            .all(|(_, s)| *s == 200)
+    );
+    thread::sleep(Duration::from_millis(1200));
+    redis.cli(&["flushdb"]);
+    let n = Verve::start(&keyed_args(&url, "16"));
+    let to_n: Vec<i64> = (2000..3000).collect();
+    assert!(
+        send_ids(n.addr, &to_n, 2, "")
+            .iter()
+            .all(|(_, s)| *s == 200)
+    );
+    for _ in 0..12 {
+        for verve in [&a, &b, &n] {
+            assert_eq!(
+                verve.get("/readyz").status,
+                200,
+                "an instance was turned away"
+            );
+        }
+        thread::sleep(Duration::from_millis(250));
+    }
+    assert!(now_ms() < (window + 16) * 1000, "spilled past the window");
+    let counts: Vec<u64> = [&a, &b, &n]
+        .iter()
+        .map(|v| v.wait_fleet_window(window, Duration::from_secs(30)).count())
+        .collect();
+    assert!(counts.iter().all(|&c| c == counts[0]), "{counts:?}");
+    let error = (counts[0] as f64 - 3000.0).abs() / 3000.0;
+    assert!(error < 0.025, "{counts:?}");
+}

@@ -270,12 +270,14 @@ fn no_message_prints_a_secret() {
             "VERVE_KAFKA_OPTIONS",
             "sasl.username=kafkauser7,sasl.password=kafkapass9",
         ),
+        ("VERVE_HASH_KEY", "hashkeysecret42hashkey"),
     ];
     let values = [
         "hunter2redis",
         "c2VjcmV0c2lnbmluZ2tleQ",
         "kafkauser7",
         "kafkapass9",
+        "hashkeysecret42",
     ];
     let run = |args: &[&str], env: &[(&str, &str)]| {
         let out = Command::new(env!("CARGO_BIN_EXE_verve"))
@@ -320,6 +322,11 @@ fn no_message_prints_a_secret() {
             [&listen[..], &["--kafka-option", "sasl.password:kafkapass9"]].concat(),
             vec![],
             "kafkapass9",
+        ),
+        (
+            [&listen[..], &["--hash-key", "short42key"]].concat(),
+            vec![],
+            "short42key",
         ),
         (
             [

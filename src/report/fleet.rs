@@ -1111,7 +1111,10 @@ pub async fn announce_settings(shared: Arc<Shared>) {
         // is ours) puts the fleet's hash key back whenever Redis does not hold it: lost in
         // a restart, deleted, or overwritten — by a newcomer after an empty restart too.
         // Found by review: a deleted key, taken by a newcomer, turned the members away.
-        if !differ && let Some(key) = key {
+        if !differ
+            && shared.settings.hash_key.is_none()
+            && let Some(key) = key
+        {
             let hex = key.to_hex();
             match store.hash_key(Some(&hex)).await {
                 Ok(stored) if stored.as_deref() == Some(hex.as_str()) => {}
