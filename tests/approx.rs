@@ -539,6 +539,17 @@ fn a_newcomer_after_an_empty_restart_under_stalled_members_counts_nothing_twice(
     );
 }
 
+/// Every instance logs one fleet count for the window, the same, within ±2.5 % of `truth`.
+fn one_count_near(fleet: &[&Verve], window: i64, truth: f64) {
+    let counts: Vec<u64> = fleet
+        .iter()
+        .map(|v| v.wait_fleet_window(window, Duration::from_secs(30)).count())
+        .collect();
+    assert!(counts.iter().all(|&c| c == counts[0]), "{counts:?}");
+    let error = (counts[0] as f64 - truth).abs() / truth;
+    assert!(error < 0.025, "{counts:?} for {truth} (counted twice?)");
+}
+
 /// What `--hash-key` gives every instance of a fleet.
 const SHARED_KEY: &str = "a secret the whole fleet is given";
 
@@ -587,13 +598,7 @@ fn with_a_configured_key_stalled_members_and_a_newcomer_count_once() {
     assert!(back.is_some(), "the members did not come back");
     assert!(send_ids(b.addr, &ids, 2, "").iter().all(|(_, s)| *s == 200));
     assert!(now_ms() < (window + 16) * 1000, "spilled past the window");
-    let counts: Vec<u64> = [&a, &b, &n]
-        .iter()
-        .map(|v| v.wait_fleet_window(window, Duration::from_secs(30)).count())
-        .collect();
-    assert!(counts.iter().all(|&c| c == counts[0]), "{counts:?}");
-    let error = (counts[0] as f64 - 2000.0).abs() / 2000.0;
-    assert!(error < 0.025, "counted twice? {counts:?}");
+    one_count_near(&[&a, &b, &n], window, 2000.0);
     assert_eq!(n.get("/readyz").status, 200);
 }
 
@@ -641,11 +646,5 @@ fn with_a_configured_key_a_flushdb_and_a_newcomer_turn_nobody_away() {
         thread::sleep(Duration::from_millis(250));
     }
     assert!(now_ms() < (window + 16) * 1000, "spilled past the window");
-    let counts: Vec<u64> = [&a, &b, &n]
-        .iter()
-        .map(|v| v.wait_fleet_window(window, Duration::from_secs(30)).count())
-        .collect();
-    assert!(counts.iter().all(|&c| c == counts[0]), "{counts:?}");
-    let error = (counts[0] as f64 - 3000.0).abs() / 3000.0;
-    assert!(error < 0.025, "{counts:?}");
+    one_count_near(&[&a, &b, &n], window, 3000.0);
 }
