@@ -1,8 +1,9 @@
 //! Counters for `/metrics`, in the Prometheus text format.
 //!
-//! Request counters are striped per thread (each stripe on its own cache line), so counting
-//! on the request path never bounces a shared line between cores. Everything else is touched
-//! once per window or per callback attempt and uses plain atomics.
+//! Request counters and the store latency histogram are striped per thread (each stripe on its
+//! own cache line), so counting on the request path never bounces a shared line between
+//! cores. Everything else is touched once per window or per callback attempt and uses plain
+//! atomics.
 
 use std::cell::Cell;
 use std::fmt::Write;
@@ -44,9 +45,13 @@ fn stripe_index() -> usize {
 
 impl Striped {
     pub fn inc(&self) {
+        self.add(1);
+    }
+
+    pub fn add(&self, n: u64) {
         self.stripes[stripe_index()]
             .0
-            .fetch_add(1, Ordering::Relaxed);
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn get(&self) -> u64 {
@@ -171,8 +176,9 @@ pub struct Metrics {
     /// Distinct ids in the last reported window.
     pub last_window_ids: AtomicU64,
     /// Fleet mode: store round trips on the request path, by latency bucket (`LATENCY_BUCKETS`).
-    store_latency: [AtomicU64; LATENCY_BUCKETS.len() + 1],
-    store_latency_sum_us: AtomicU64,
+    /// (Striped: every id not seen locally passes here.)
+    store_latency: [Striped; LATENCY_BUCKETS.len() + 1],
+    store_latency_sum_us: Striped,
     /// Fleet mode: store calls on the request path that failed (answered 503).
     pub store_errors: AtomicU64,
     /// Fleet mode: windows this instance led (sent the fleet's callbacks for).
@@ -230,9 +236,8 @@ impl Metrics {
             .iter()
             .position(|&le| secs <= le)
             .unwrap_or(LATENCY_BUCKETS.len());
-        self.store_latency[bucket].fetch_add(1, Ordering::Relaxed);
-        self.store_latency_sum_us
-            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        self.store_latency[bucket].inc();
+        self.store_latency_sum_us.add(elapsed.as_micros() as u64);
     }
 
     pub fn requests(&self, outcome: Outcome) -> u64 {
@@ -480,13 +485,13 @@ impl Metrics {
         out.push_str("# TYPE verve_dedup_seconds histogram\n");
         let mut cumulative = 0;
         for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
-            cumulative += load(&self.store_latency[i]);
+            cumulative += self.store_latency[i].get();
             let _ = writeln!(
                 out,
                 "verve_dedup_seconds_bucket{{le=\"{le}\"}} {cumulative}"
             );
         }
-        cumulative += load(&self.store_latency[LATENCY_BUCKETS.len()]);
+        cumulative += self.store_latency[LATENCY_BUCKETS.len()].get();
         let _ = writeln!(
             out,
             "verve_dedup_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
@@ -494,7 +499,7 @@ impl Metrics {
         let _ = writeln!(
             out,
             "verve_dedup_seconds_sum {}\nverve_dedup_seconds_count {cumulative}",
-            load(&self.store_latency_sum_us) as f64 / 1e6
+            self.store_latency_sum_us.get() as f64 / 1e6
         );
         scalar(
             &mut out,

@@ -93,6 +93,11 @@ impl Hasher for Xxh3Hasher {
 /// Shards per id set: many, so that growing one shard stalls few writers for little time.
 const SHARDS: usize = 64;
 
+/// Cutoff signals per window: a request waiting for the store registers with its lane's
+/// (lane index modulo this), so that requests on different cores never contend for one
+/// signal's lock.
+const CUT_LANES: usize = 16;
+
 /// Id slots above which a dropped window's table is handed back to the system at once.
 const RELEASE_AFTER_IDS: usize = 1 << 16;
 
@@ -144,8 +149,11 @@ pub struct Window {
     /// on a single node, whose requests never wait.
     cut_at: Option<Instant>,
     /// Turned true at the cutoff: requests still waiting for the store are answered 503 and
-    /// no acknowledgement enters the window any more.
-    cut: watch::Sender<bool>,
+    /// no acknowledgement enters the window any more. One signal per lane ([`CUT_LANES`]),
+    /// all turned by [`Window::cut`].
+    cut: [watch::Sender<bool>; CUT_LANES],
+    /// Set by [`Window::cut`] before the signals: read on the request path without a lock.
+    is_cut: AtomicBool,
 }
 
 impl Drop for Window {
@@ -393,7 +401,8 @@ impl Window {
         });
         Self {
             cut_at,
-            cut: watch::Sender::new(false),
+            cut: std::array::from_fn(|_| watch::Sender::new(false)),
+            is_cut: AtomicBool::new(false),
             start,
             ids: DashMap::with_capacity_and_hasher_and_shard_amount(
                 if key.is_some() { 0 } else { capacity },
@@ -664,18 +673,22 @@ impl Window {
     /// Passes the cutoff: every request of this window still waiting for the store is
     /// answered 503, and no acknowledgement enters the window from now on (SPEC §6.2).
     pub fn cut(&self) {
-        self.cut
-            .send_if_modified(|cut| !std::mem::replace(cut, true));
+        if !self.is_cut.swap(true, Ordering::AcqRel) {
+            for lane in &self.cut {
+                lane.send_replace(true);
+            }
+        }
     }
 
     /// Whether the cutoff has passed: cut, or due (whoever cuts may be late).
     pub fn is_cut(&self) -> bool {
-        *self.cut.borrow() || self.cut_at.is_some_and(|at| Instant::now() >= at)
+        self.is_cut.load(Ordering::Acquire) || self.cut_at.is_some_and(|at| Instant::now() >= at)
     }
 
     /// Resolves at the cutoff.
     pub fn cutoff(&self) -> impl Future<Output = ()> + use<> {
-        let mut cut = self.cut.subscribe();
+        let lane = crate::lanes::current().unwrap_or(0) % CUT_LANES;
+        let mut cut = self.cut[lane].subscribe();
         async move {
             let _ = cut.wait_for(|cut| *cut).await;
         }
@@ -707,6 +720,28 @@ impl Drop for PendingId<'_> {
             .remove_if(&self.id, |_, shared| shared.same_channel(&mine));
         if self.outcome.borrow().is_none() {
             self.outcome.send_replace(Some(Added::Abandoned));
+        }
+    }
+}
+
+/// A request admitted to a window, while the open windows cannot change
+/// ([`Windows::with_admitted`]).
+pub struct Admitted<'a> {
+    window: &'a Arc<Window>,
+}
+
+impl Admitted<'_> {
+    pub fn window(&self) -> &Window {
+        self.window
+    }
+
+    /// Holds the window beyond the admission (a request that waits for the store).
+    pub fn hold(&self) -> Admission {
+        // Incremented under the read lock: once `rotate` has taken the write lock, every
+        // admission to the window it removes is visible in `inflight`.
+        self.window.inflight.fetch_add(1, Ordering::AcqRel);
+        Admission {
+            window: Arc::clone(self.window),
         }
     }
 }
@@ -833,11 +868,15 @@ impl Windows {
         next
     }
 
-    /// Admits a request arriving at `now_ms` to its window. A time before the older open
-    /// window (the clock stepped back into a reported window) lands in the older one; a time
-    /// past the newer one (the reporter has not rotated yet) lands in the newer one.
-    /// `None` once [`Windows::close`] ran: the open window's line may be written already.
-    pub fn admit(&self, now_ms: i64) -> Option<Admission> {
+    /// Admits a request arriving at `now_ms` to its window, for as long as `f` runs: under
+    /// the open windows' read lock, so that a rotation (which takes the write lock) finds
+    /// nothing `f` did to the window it removes still under way, and a request decided on the
+    /// spot needs neither the window's `inflight` nor a reference to it. `f` may
+    /// [`Admitted::hold`] the window beyond the call. A time before the older open window
+    /// (the clock stepped back into a reported window) lands in the older one; a time past
+    /// the newer one (the reporter has not rotated yet) lands in the newer one. `None` once
+    /// [`Windows::close`] ran: the open window's line may be written already.
+    pub fn with_admitted<R>(&self, now_ms: i64, f: impl FnOnce(Admitted<'_>) -> R) -> Option<R> {
         let start = window_start(now_ms, self.shape.secs);
         let open = self.open.read();
         if self.closed.load(Ordering::Acquire) {
@@ -848,12 +887,13 @@ impl Windows {
         } else {
             &open[0]
         };
-        // Incremented under the read lock: once `rotate` has taken the write lock, every
-        // admission to the window it removes is visible in `inflight`.
-        window.inflight.fetch_add(1, Ordering::AcqRel);
-        Some(Admission {
-            window: Arc::clone(window),
-        })
+        Some(f(Admitted { window }))
+    }
+
+    /// Admits a request arriving at `now_ms` to its window until the returned admission is
+    /// dropped (see [`Windows::with_admitted`]).
+    pub fn admit(&self, now_ms: i64) -> Option<Admission> {
+        self.with_admitted(now_ms, |admitted| admitted.hold())
     }
 
     /// Admits nothing from now on (shutdown's last rotation). Under the write lock: every

@@ -5,6 +5,7 @@
 //! causes map to a status in one place ([`Outcome`]); this module never decides when windows
 //! are reported.
 
+pub mod conns;
 pub mod query;
 
 use std::convert::Infallible;
@@ -19,17 +20,17 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 use crate::Shared;
 use crate::metrics::Outcome;
 use crate::report::fleet::{endpoint_caps, expire_at};
 use crate::report::members::trust_period;
 use crate::store::EndpointAdd;
-use crate::window::{Admission, Bound, Claim, Lead, Registered, Verdict, Window};
+use crate::window::{Admission, Admitted, Bound, Claim, Lead, Registered, Verdict, Window};
+use conns::{Activity, Connections};
 use query::{Endpoint, EndpointBuf};
 
 /// The counted path.
@@ -50,19 +51,21 @@ pub async fn serve(
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let graceful = GracefulShutdown::new();
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(
-            shared.settings.header_read_timeout_ms,
-        ))
+        // No timer, so no timer per request head: the header read timeout is the sweeper's
+        // (`conns`).
+        .header_read_timeout(None)
         // hyper's read buffer: at least 16 KiB (the flag's floor), well above MAX_TARGET_LEN,
         // so that the service answers an over-long target. hyper refuses a head only once a
         // read leaves it incomplete with the buffer full, so one that arrives in a single read
         // can reach twice this; `Service::call` holds the exact limit.
         .max_buf_size(shared.settings.max_header_bytes as usize)
         .keep_alive(true);
+    let open = Connections::new(Duration::from_millis(
+        shared.settings.header_read_timeout_ms,
+    ));
+    let sweeper = tokio::spawn(Arc::clone(&open).sweep());
     let draining = async {
         shutdown.await;
         shared.ready.store(false, Ordering::Release);
@@ -72,9 +75,6 @@ pub async fn serve(
     // One permit per open connection: at the limit the loop stops accepting, and new
     // connections wait in the kernel's backlog.
     let connections = Arc::new(Semaphore::new(shared.settings.max_connections as usize));
-    // Turned true at the shutdown deadline: every connection still open is cut, so none can
-    // be answered after the reporter has written the open window's line.
-    let (cut, cutting) = watch::channel(false);
     let mut accept_errors = AcceptErrors::default();
     loop {
         let permit = tokio::select! {
@@ -105,17 +105,18 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        let activity = Arc::new(Activity::default());
         let service = Service {
             shared: Arc::clone(&shared),
             routes,
+            activity: Arc::clone(&activity),
         };
         match &shared.lanes {
             None => {
                 let connection = builder.serve_connection(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection);
-                let cutting = cutting.clone();
+                let connection = open.watch(connection, activity);
                 tokio::spawn(async move {
-                    until_cut(connection, cutting).await;
+                    connection.await;
                     drop(permit);
                 });
             }
@@ -124,12 +125,11 @@ pub async fn serve(
                 let Ok(stream) = stream.into_std() else {
                     continue;
                 };
-                let (builder, watcher) = (builder.clone(), graceful.watcher());
-                let cutting = cutting.clone();
+                let (builder, open) = (builder.clone(), Arc::clone(&open));
                 lanes.spawn_connection(move || async move {
                     if let Ok(stream) = tokio::net::TcpStream::from_std(stream) {
                         let connection = builder.serve_connection(TokioIo::new(stream), service);
-                        until_cut(watcher.watch(connection), cutting).await;
+                        open.watch(connection, activity).await;
                     }
                     drop(permit);
                 });
@@ -137,30 +137,26 @@ pub async fn serve(
         }
     }
     drop(listener);
+    // Each connection finishes the request it serves and closes; at the deadline every one
+    // still open is cut, so none can be answered after the reporter has written the open
+    // window's line.
+    open.drain();
+    let all = shared.settings.max_connections;
     let deadline = Duration::from_millis(shared.settings.shutdown_timeout_ms);
-    if tokio::time::timeout(deadline, graceful.shutdown())
+    if tokio::time::timeout(deadline, connections.acquire_many(all))
         .await
         .is_err()
     {
-        let _ = cut.send(true);
+        open.cut();
         log::warn!("connections still open at the shutdown deadline were cut");
+        // A connection task may not have seen the cut yet: wait until every permit is back.
+        let _ = tokio::time::timeout(CUT_GRACE, connections.acquire_many(all)).await;
     }
-    // A connection task may not have seen the cut yet: wait until every permit is back.
-    let all = shared.settings.max_connections;
-    let _ = tokio::time::timeout(CUT_GRACE, connections.acquire_many(all)).await;
+    sweeper.abort();
 }
 
 /// How long `serve` waits for cut connections to be dropped.
 const CUT_GRACE: Duration = Duration::from_secs(1);
-
-/// Serves `connection` until it ends or `cutting` turns true (then drops it: the socket
-/// closes, whatever the client is still sending).
-async fn until_cut(connection: impl Future, mut cutting: watch::Receiver<bool>) {
-    tokio::select! {
-        _ = connection => {}
-        _ = cutting.wait_for(|cut| *cut) => {}
-    }
-}
 
 /// The accept loop's failures (out of descriptors, say): the pause before the next try
 /// doubles up to a second, and one warning a second at most says how many there were.
@@ -220,6 +216,8 @@ pub const STATS_PATH: &str = "/api/verve/stats";
 struct Service {
     shared: Arc<Shared>,
     routes: Routes,
+    /// The connection's, for its header read timeout.
+    activity: Arc<Activity>,
 }
 
 impl hyper::service::Service<Request<Incoming>> for Service {
@@ -228,6 +226,7 @@ impl hyper::service::Service<Request<Incoming>> for Service {
     type Future = Answer;
 
     fn call(&self, req: Request<Incoming>) -> Answer {
+        self.activity.head();
         let uri = req.uri();
         let target_len = uri.path_and_query().map_or(0, |pq| pq.as_str().len());
         if target_len > MAX_TARGET_LEN {
@@ -238,7 +237,13 @@ impl hyper::service::Service<Request<Incoming>> for Service {
         }
         if req.method() == Method::GET && uri.path() == ACCEPT_PATH && self.routes != Routes::Admin
         {
-            return accept(&self.shared, uri.query().unwrap_or(""));
+            let mut answer = accept(&self.shared, uri.query().unwrap_or(""));
+            if let Answer::Later(_, waiting) = &mut answer {
+                // In service until answered: not idle, whatever the timeout.
+                self.activity.serving(true);
+                *waiting = Some(Arc::clone(&self.activity));
+            }
+            return answer;
         }
         Answer::now(respond(&self.shared, self.routes, &req))
     }
@@ -254,10 +259,13 @@ fn header_lines_len(req: &Request<Incoming>) -> usize {
 }
 
 /// The service's future: decided on the spot, or (fleet mode, an id not seen locally)
-/// waiting for the store.
+/// waiting for the store, with the connection's activity to tell when it is answered.
 pub enum Answer {
     Now(Option<Response<Body>>),
-    Later(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+    Later(
+        Pin<Box<dyn Future<Output = Response<Body>> + Send>>,
+        Option<Arc<Activity>>,
+    ),
 }
 
 impl Answer {
@@ -274,7 +282,13 @@ impl Future for Answer {
             Answer::Now(response) => Poll::Ready(Ok(response
                 .take()
                 .unwrap_or_else(|| text(StatusCode::INTERNAL_SERVER_ERROR, Bytes::new())))),
-            Answer::Later(future) => future.as_mut().poll(cx).map(Ok),
+            Answer::Later(future, waiting) => {
+                let response = std::task::ready!(future.as_mut().poll(cx));
+                if let Some(activity) = waiting.take() {
+                    activity.serving(false);
+                }
+                Poll::Ready(Ok(response))
+            }
         }
     }
 }
@@ -368,14 +382,29 @@ fn accept(shared: &Arc<Shared>, query: &str) -> Answer {
         }
         endpoint => endpoint,
     };
-    let Some(admission) = shared.windows.admit(shared.clock.now_ms()) else {
-        return Answer::now(answer(shared, Outcome::Unavailable)); // shut down: counted no more
-    };
-    let window = admission.window();
+    // Decided under the open windows' read lock; only a request that waits for the store
+    // holds its window beyond it.
+    let decided = shared
+        .windows
+        .with_admitted(shared.clock.now_ms(), |admitted| {
+            decide(shared, admitted, query.id, endpoint)
+        });
+    // `None`: shut down, counted no more.
+    decided.unwrap_or_else(|| Answer::now(answer(shared, Outcome::Unavailable)))
+}
+
+/// [`accept`] for a request admitted to its window.
+fn decide(
+    shared: &Arc<Shared>,
+    admitted: Admitted<'_>,
+    id: i64,
+    endpoint: Option<Endpoint<'_>>,
+) -> Answer {
+    let window = admitted.window();
     if shared.store.is_none() {
-        window.insert(query.id);
+        window.insert(id);
         if let Some(endpoint) = &endpoint {
-            register_locally(shared, &admission, endpoint);
+            note(shared, window, window.register_endpoint(endpoint));
         }
         return Answer::now(answer(shared, Outcome::Ok));
     }
@@ -385,7 +414,7 @@ fn accept(shared: &Arc<Shared>, query: &str) -> Answer {
         return Answer::now(answer(shared, Outcome::Unavailable));
     }
     let seen = match window.sketch() {
-        None => window.contains(query.id),
+        None => window.contains(id),
         // Approx mode: the id only updates this instance's sketch, which reaches Redis
         // within a second — while the last merge is recent (else 503: an instance that dies
         // must not take more than a few seconds of updates with it) and before the cutoff.
@@ -393,7 +422,7 @@ fn accept(shared: &Arc<Shared>, query: &str) -> Answer {
             if shared.merge_stale.load(Ordering::Relaxed) || window.is_cut() {
                 return Answer::now(answer(shared, Outcome::Unavailable));
             }
-            window.insert(query.id);
+            window.insert(id);
             true
         }
     };
@@ -412,9 +441,16 @@ fn accept(shared: &Arc<Shared>, query: &str) -> Answer {
     let endpoint = endpoint
         .filter(|_| !endpoint_known)
         .map(|e| e.as_str().to_owned());
-    Answer::Later(Box::pin(accept_in_fleet(
-        waiting, admission, query.id, seen, endpoint,
-    )))
+    Answer::Later(
+        Box::pin(accept_in_fleet(
+            waiting,
+            admitted.hold(),
+            id,
+            seen,
+            endpoint,
+        )),
+        None,
+    )
 }
 
 /// A request's place among those waiting for the store (at most `--max-inflight`), held
@@ -439,12 +475,6 @@ impl Drop for Waiting {
     fn drop(&mut self) {
         self.0.waiting.fetch_sub(1, Ordering::AcqRel);
     }
-}
-
-/// Registers an endpoint in the local window (bounded); true when newly added.
-fn register_locally(shared: &Shared, admission: &Admission, endpoint: &Endpoint<'_>) -> bool {
-    let window = admission.window();
-    note(shared, window, window.register_endpoint(endpoint))
 }
 
 /// Counts and logs an endpoint the window refused; true when it was newly added.
