@@ -138,7 +138,7 @@ pub struct Window {
     inflight: AtomicUsize,
     /// Fleet mode: ids whose `SADD` is in flight, so concurrent requests share one and its
     /// outcome (see [`Added`]).
-    pending: DashMap<i64, watch::Receiver<Option<Added>>, Xxh3Seeded>,
+    pending: DashMap<i64, Sharers, Xxh3Seeded>,
     /// Fleet mode: store shards this instance has written in this window (checked for loss
     /// before the count is read).
     touched: Box<[AtomicBool]>,
@@ -590,14 +590,13 @@ impl Window {
     {
         loop {
             let lead = match self.pending.entry(id) {
-                dashmap::Entry::Occupied(running) => Err(Shared(running.get().clone())),
+                dashmap::Entry::Occupied(mut running) => Err(Shared(running.get_mut().subscribe())),
                 dashmap::Entry::Vacant(vacant) => {
-                    let (outcome, shared) = watch::channel(None);
-                    vacant.insert(shared);
+                    vacant.insert(Sharers::default());
                     Ok(PendingId {
                         window: self,
                         id,
-                        outcome,
+                        ended: false,
                     })
                 }
             };
@@ -695,32 +694,56 @@ impl Window {
     }
 }
 
+/// The requests sharing a lead's `SADD`: their channel is made when the first of them
+/// arrives, so an id nobody shares (the common case) costs no allocation and no wake-up.
+#[derive(Default)]
+struct Sharers(Option<watch::Sender<Option<Added>>>);
+
+impl Sharers {
+    fn subscribe(&mut self) -> watch::Receiver<Option<Added>> {
+        self.0
+            .get_or_insert_with(|| watch::Sender::new(None))
+            .subscribe()
+    }
+
+    fn tell(self, added: Added) {
+        if let Some(outcome) = self.0 {
+            outcome.send_replace(Some(added));
+        }
+    }
+}
+
 /// The id whose `SADD` a request leads: its sharers are told the outcome when it finishes,
 /// or (dropped: the request was cancelled) that it was abandoned, so one of them leads.
 struct PendingId<'w> {
     window: &'w Window,
     id: i64,
-    outcome: watch::Sender<Option<Added>>,
+    /// The entry is gone and the sharers told.
+    ended: bool,
 }
 
 impl PendingId<'_> {
-    fn finish(self, entered: bool) {
-        let added = if entered { Added::Yes } else { Added::No };
-        self.outcome.send_replace(Some(added));
-        // Drop removes the entry; a failure is not remembered, the next request tries again.
+    fn finish(mut self, entered: bool) {
+        // A failure is not remembered: the next request tries again.
+        self.end(if entered { Added::Yes } else { Added::No });
+    }
+
+    /// Removes the id's entry, then tells its sharers (told of an abandonment, one of them
+    /// leads anew and finds the entry gone). The entry is this lead's: only the request that
+    /// put it there removes it, and nobody else puts one there while it is.
+    fn end(&mut self, added: Added) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        if let Some((_, sharers)) = self.window.pending.remove(&self.id) {
+            sharers.tell(added);
+        }
     }
 }
 
 impl Drop for PendingId<'_> {
     fn drop(&mut self) {
-        // The entry goes first, so a sharer told of the abandonment leads anew.
-        let mine = self.outcome.subscribe();
-        self.window
-            .pending
-            .remove_if(&self.id, |_, shared| shared.same_channel(&mine));
-        if self.outcome.borrow().is_none() {
-            self.outcome.send_replace(Some(Added::Abandoned));
-        }
+        self.end(Added::Abandoned);
     }
 }
 

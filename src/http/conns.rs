@@ -6,8 +6,8 @@
 //! server. A shared `watch` for the shutdown costs a lock on every poll of every connection.
 //! Instead, each connection gets an [`Activity`] its service bumps (a plain store: only the
 //! connection's task writes it), and one sweeper looks at all of them every quarter of the
-//! timeout: a connection that began no request for four sweeps in a row, and has none in
-//! service, is closed. A head must so arrive within the timeout, or at most a quarter more,
+//! timeout: a connection that began no request and finished none for four sweeps in a row,
+//! and has none in service, is closed. A head must so arrive within the timeout, or at most a quarter more,
 //! of the previous answer (or of the connection's start) — the same rule as hyper's, which
 //! also closes an idle keep-alive connection. The shutdown's phases reach the connections as
 //! a flag each reads when polled, and a wake-up of every registered task when it changes.
@@ -42,8 +42,13 @@ impl Activity {
         self.heads.store(heads.wrapping_add(1), Ordering::Relaxed);
     }
 
-    /// A request's answer is (`true`) or is no longer (`false`) waited for.
+    /// A request's answer is (`true`) or is no longer (`false`) waited for. Its end counts
+    /// as activity, like a head: the next head's time runs from the answer, not from the
+    /// last sweep that found the request in service. Only the connection's task calls this.
     pub fn serving(&self, in_service: bool) {
+        if !in_service {
+            self.head();
+        }
         self.in_service.store(in_service, Ordering::Relaxed);
     }
 
@@ -257,10 +262,18 @@ mod tests {
         assert!(idle_conn.is_finished(), "idle connection kept");
         busy.head();
         busy.serving(true);
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Answered 50 ms after a sweep that found it in service: the timeout runs from the
+        // answer (a review found it ran from that sweep, closing the connection 350 ms after
+        // the answer).
+        tokio::time::sleep(Duration::from_millis(2050)).await;
         assert!(!busy_conn.is_finished(), "a request in service was cut");
         busy.serving(false);
-        tokio::time::sleep(Duration::from_millis(600)).await;
+        tokio::time::sleep(Duration::from_millis(390)).await;
+        assert!(
+            !busy_conn.is_finished(),
+            "closed before the timeout after its answer"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(busy_conn.is_finished());
         sweeper.abort();
     }
