@@ -134,7 +134,8 @@ pub struct Window {
     /// here from then on. Capped at `max_endpoints` entries (a fleet running these bounds
     /// cannot fill more domains than it has slots), so it stays bounded too.
     full_domains: DashMap<u64, (), Xxh3Seeded>,
-    /// Requests admitted to this window and not yet finished.
+    /// Requests holding this window beyond their admission (waiting for the store) and not
+    /// yet finished; those decided on the spot finish under the windows' read lock.
     inflight: AtomicUsize,
     /// Fleet mode: ids whose `SADD` is in flight, so concurrent requests share one and its
     /// outcome (see [`Added`]).

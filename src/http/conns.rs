@@ -7,9 +7,9 @@
 //! Instead, each connection gets an [`Activity`] its service bumps (a plain store: only the
 //! connection's task writes it), and one sweeper looks at all of them every quarter of the
 //! timeout: a connection that began no request and finished none for four sweeps in a row,
-//! and has none in service, is closed. A head must so arrive within the timeout, or at most a quarter more,
-//! of the previous answer (or of the connection's start) — the same rule as hyper's, which
-//! also closes an idle keep-alive connection. The shutdown's phases reach the connections as
+//! and has none in service, is closed. A head must so arrive within the timeout, or at most
+//! a quarter more, of the previous answer (or of the connection's start) — the same rule as
+//! hyper's, which also closes an idle keep-alive connection. The shutdown's phases reach the connections as
 //! a flag each reads when polled, and a wake-up of every registered task when it changes.
 
 use std::collections::HashMap;
