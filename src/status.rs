@@ -83,7 +83,7 @@ impl Status {
     }
 }
 
-/// The JSON behind the page (documented in the README).
+/// The JSON behind the page (documented in docs/operations.md, "Status page").
 pub fn stats_json(shared: &Shared) -> String {
     let now = shared.clock.now_ms();
     let secs = shared.windows.secs();

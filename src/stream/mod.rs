@@ -17,7 +17,7 @@
 mod kafka;
 
 /// librdkafka settings verve sets itself and `--kafka-option` may not change: together they
-/// make the delivery guarantee the README states.
+/// make the delivery guarantee docs/outputs.md states.
 pub const FIXED_SETTINGS: [&str; 11] = [
     "bootstrap.servers",
     "metadata.broker.list",
