@@ -5,15 +5,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
-use ipnet::IpNet;
 
 use crate::callback;
-use crate::callback::guard::{Guard, HostList};
 use crate::callback::sign::Signer;
+use crate::lists::{CidrList, HostList};
 use crate::store;
 use crate::stream;
 
@@ -226,21 +224,6 @@ pub struct Config {
     pub clock_offset_ms: i64,
 }
 
-/// A comma-separated list of CIDRs; empty means none.
-#[derive(Debug, Clone, Default)]
-pub struct CidrList(pub Vec<IpNet>);
-
-impl FromStr for CidrList {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        comma_separated(s, |part| {
-            part.parse::<IpNet>()
-                .map_err(|_| format!("'{part}' is not a CIDR such as 127.0.0.0/8"))
-        })
-        .map(CidrList)
-    }
-}
-
 /// One `key=value` librdkafka setting. The producer's guarantees are not negotiable here.
 fn parse_kafka_option(s: &str) -> Result<(String, String), String> {
     let (key, value) = s
@@ -258,19 +241,8 @@ fn parse_kafka_option(s: &str) -> Result<(String, String), String> {
     Ok((key.to_string(), value.trim().to_string()))
 }
 
-/// The items of a comma-separated flag value (blanks around items and empty items ignored),
-/// each parsed by `item`; the first failure is the error.
-pub(crate) fn comma_separated<T>(
-    value: &str,
-    item: impl Fn(&str) -> Result<T, String>,
-) -> Result<Vec<T>, String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|part| !part.is_empty())
-        .map(item)
-        .collect()
-}
+/// How long after a window's last possible report its keys outlive it.
+const EXPIRY_MARGIN_SECS: i64 = 30;
 
 /// Between a window's cutoff and the end of its grace beyond the clock skew: time for the
 /// last acknowledgement to be read (SPEC §6.2).
@@ -455,6 +427,14 @@ impl Config {
         })
     }
 
+    /// Seconds after a window's start at which its keys expire: about two windows and the
+    /// grace, plus a margin for a late fleet report. The store's batcher adds it to every
+    /// window's start itself (each write of a shard set carries its expiry).
+    pub fn expire_after(&self) -> i64 {
+        let grace_secs = self.grace_ms.div_ceil(1000) as i64;
+        2 * i64::from(self.window_secs) + grace_secs + EXPIRY_MARGIN_SECS
+    }
+
     /// Fleet mode's store settings, when --redis-url is set.
     pub fn store_settings(&self) -> Option<store::Settings> {
         self.redis_url.as_ref().map(|url| store::Settings {
@@ -464,7 +444,7 @@ impl Config {
             timeout: Duration::from_millis(self.redis_timeout_ms),
             prefix: self.redis_prefix.clone(),
             ca_file: self.redis_ca_file.clone(),
-            expire_after: crate::report::fleet::expire_after(self),
+            expire_after: self.expire_after(),
         })
     }
 
@@ -499,7 +479,7 @@ impl Config {
     /// The callback pool's settings.
     pub fn callback_settings(&self) -> callback::Settings {
         callback::Settings {
-            guard: Guard::new(self.callback_allow.0.clone()),
+            allow: self.callback_allow.0.clone(),
             workers: self.callback_workers as usize,
             queue: self.callback_queue as usize,
             prefix_concurrency: self.callback_prefix_concurrency as usize,

@@ -28,6 +28,7 @@ pub mod config;
 pub mod countlog;
 pub mod http;
 pub mod lanes;
+pub mod lists;
 pub mod memory;
 pub mod metrics;
 pub mod report;

@@ -33,7 +33,8 @@ use schedule::{Key, Schedule, Taken};
 /// Delivery settings, from the `--callback-*` flags.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub guard: Guard,
+    /// `--callback-allow`: networks callbacks may reach although not public.
+    pub allow: Vec<ipnet::IpNet>,
     pub workers: usize,
     /// Deliveries held at most (waiting, backing off or being sent), across windows.
     pub queue: usize,
@@ -50,7 +51,7 @@ pub struct Settings {
     /// Signs each POST (Standard Webhooks headers) when `--callback-secret` is set.
     pub signer: Option<sign::Signer>,
     /// `--callback-hosts`; checked again here, for endpoints registered fleet-wide.
-    pub hosts: guard::HostList,
+    pub hosts: crate::lists::HostList,
 }
 
 /// Longest a deadline is put off; keeps `Instant` arithmetic far from overflow.
@@ -173,6 +174,9 @@ struct Pool {
     handles: Mutex<Vec<JoinHandle<()>>>,
     /// What each worker is started with.
     agent: Agent,
+    /// The SSRF guard, made once from `Settings::allow`: the agent's resolver and each
+    /// worker's own resolution share it.
+    guard: Arc<Guard>,
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
 }
@@ -193,6 +197,7 @@ impl Pool {
         let worker = Worker {
             pool: Arc::clone(self),
             agent: self.agent.clone(),
+            guard: Arc::clone(&self.guard),
             settings: Arc::clone(&self.settings),
             metrics: Arc::clone(&self.metrics),
         };
@@ -236,6 +241,7 @@ impl Callbacks {
     /// The pool; worker threads start as deliveries arrive.
     pub fn start(settings: Settings, metrics: Arc<Metrics>) -> Self {
         let (capacity, expiry) = (settings.queue, settings.expiry());
+        let guard = Arc::new(Guard::new(settings.allow.clone()));
         let pool = Arc::new(Pool {
             state: Mutex::new(State {
                 schedule: Schedule::new(settings.prefix_concurrency),
@@ -246,7 +252,8 @@ impl Callbacks {
             }),
             wake: Condvar::new(),
             handles: Mutex::new(Vec::new()),
-            agent: agent(&settings),
+            agent: agent(&settings, Arc::clone(&guard)),
+            guard,
             settings: Arc::new(settings),
             metrics: Arc::clone(&metrics),
         });
@@ -322,7 +329,7 @@ impl Drop for Callbacks {
     }
 }
 
-fn agent(settings: &Settings) -> Agent {
+fn agent(settings: &Settings, guard: Arc<Guard>) -> Agent {
     let config = Agent::config_builder()
         .proxy(None)
         .max_redirects(0)
@@ -332,7 +339,7 @@ fn agent(settings: &Settings) -> Agent {
         .timeout_global(Some(settings.timeout))
         .user_agent(concat!("verve/", env!("CARGO_PKG_VERSION")))
         .build();
-    let resolver = GuardedResolver::new(Arc::new(settings.guard.clone()));
+    let resolver = GuardedResolver::new(guard);
     Agent::with_parts(
         config,
         ureq::unversioned::transport::DefaultConnector::default(),
@@ -343,6 +350,7 @@ fn agent(settings: &Settings) -> Agent {
 struct Worker {
     pool: Arc<Pool>,
     agent: Agent,
+    guard: Arc<Guard>,
     settings: Arc<Settings>,
     metrics: Arc<Metrics>,
 }
@@ -466,7 +474,7 @@ impl Worker {
             return Err(Outcome::Failed(Attempt::Error, "protocol"));
         };
         let not_found = Outcome::Failed(Attempt::Connect, "connect");
-        match self.settings.guard.resolve(&host_port) {
+        match self.guard.resolve(&host_port) {
             Ok(addrs) => match addrs.first() {
                 Some(first) => Ok((Key::of_addr(first.ip()), addrs.into())),
                 None => Err(not_found),
@@ -603,7 +611,7 @@ mod tests {
 
     fn settings(window_secs: u64, attempts: u32, backoff_ms: u64) -> Settings {
         Settings {
-            guard: Guard::default(),
+            allow: Vec::new(),
             workers: 1,
             queue: 1,
             prefix_concurrency: 2,
@@ -613,7 +621,7 @@ mod tests {
             attempts,
             backoff: Duration::from_millis(backoff_ms),
             signer: None,
-            hosts: guard::HostList::default(),
+            hosts: crate::lists::HostList::default(),
         }
     }
 

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use super::{Partial, log_count, post, stream_record};
 use crate::Shared;
-use crate::config::Config;
 use crate::http::query::{Endpoint, EndpointBuf};
 use crate::sketch::HashKey;
 use crate::store::{Announced, EndpointCaps, Fixed, Generation, Store, StoreError};
@@ -22,23 +21,12 @@ use crate::window::{Window, format_utc};
 /// How long a leader's lease lasts without renewal; a dead leader is replaced after this.
 const LEASE: Duration = Duration::from_secs(3);
 
-/// How long after a window's last possible report its keys outlive it.
-const EXPIRY_MARGIN_SECS: i64 = 30;
-
 /// Pause between tries while Redis is unreachable.
 const RETRY: Duration = Duration::from_millis(500);
 
-/// Seconds after a window's start at which its keys expire: about two windows and the
-/// grace, plus a margin for a late fleet report. The store's batcher adds it to every
-/// window's start itself (each write of a shard set carries its expiry).
-pub fn expire_after(config: &Config) -> i64 {
-    let grace_secs = config.grace_ms.div_ceil(1000) as i64;
-    2 * i64::from(config.window_secs) + grace_secs + EXPIRY_MARGIN_SECS
-}
-
-/// Epoch second at which a window's keys expire (see [`expire_after`]).
+/// Epoch second at which a window's keys expire (see [`crate::config::Config::expire_after`]).
 pub fn expire_at(shared: &Shared, window_start: i64) -> i64 {
-    window_start + expire_after(&shared.settings)
+    window_start + shared.settings.expire_after()
 }
 
 /// A window's end + grace (epoch ms): no count of it is fixed before Redis's clock reads it.
