@@ -95,6 +95,9 @@ pub struct Shared {
     /// Fleet mode: set once shutdown withdrew the heartbeat: no barrier waits for this
     /// instance any more, so it stops keeping its windows' counts stored.
     pub left: AtomicBool,
+    /// Fleet mode: the windows being closed whose fleet line is not logged yet, each with
+    /// whether its partial line was: late fleet lines follow in window order.
+    pub unlogged: report::fleet::Unlogged,
     /// Fleet work that outlives the call that started it (window deliveries, late reports,
     /// key expiries): owned here so shutdown waits for it, reaped as it finishes.
     background: parking_lot::Mutex<JoinSet<()>>,
@@ -152,6 +155,7 @@ impl Shared {
             fenced: AtomicBool::new(fleet),
             beats: AtomicU64::new(0),
             left: AtomicBool::new(false),
+            unlogged: report::fleet::Unlogged::default(),
             background: parking_lot::Mutex::new(JoinSet::new()),
         })
     }

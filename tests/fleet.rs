@@ -663,3 +663,75 @@ fn sighup_during_start_up_does_not_kill_the_process() {
         "verve did not survive SIGHUP during start-up: {status:?}, first line {line:?}"
     );
 }
+
+/// Two windows whose fleet counts are late (Redis frozen across both reports, then back
+/// empty) are logged in window order when their counts are fixed together: the earlier one,
+/// with many ids to re-add, first — not the later one, whose single id re-adds at once (the
+/// review of issue 19 saw them swapped). Each late window has its partial line, then its one
+/// fleet line with every id answered `ok`.
+#[test]
+fn late_fleet_counts_are_logged_in_window_order() {
+    let _serial = serial();
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let verve = Verve::start(&fleet_args(&redis.url(), &[]));
+    let first = sleep_into_next_window(SECS, 100);
+    let ids: Vec<i64> = (1..=8000).collect();
+    let answered = send_ids(verve.addr, &ids, 8, "");
+    assert!(answered.iter().all(|&(_, status)| status == 200));
+    let second = first + SECS;
+    assert!(
+        now_ms() < second * 1000,
+        "the first window's ids took past its end; nothing to check"
+    );
+    thread::sleep(Duration::from_millis(
+        (second * 1000 + 100 - now_ms()) as u64,
+    ));
+    assert_eq!(verve.get("/api/verve/accept?id=-1").status, 200);
+    assert!(now_ms() < second * 1000 + 300);
+    redis.signal("STOP");
+    let partial = |start: i64| {
+        let want = rfc3339(start);
+        move |l: &common::Line| l.get("window_start") == want && l.partial()
+    };
+    let second_late = wait_for(Duration::from_secs(12), || {
+        verve.windows().into_iter().find(partial(second))
+    });
+    assert!(
+        second_late.is_some(),
+        "no partial line:\n{}",
+        verve.log_text()
+    );
+    redis.kill();
+    redis.restart();
+    assert_fleet_count(&verve, first, 8000);
+    assert_fleet_count(&verve, second, 1);
+    let lines = verve.windows();
+    // Every late window (a partial line first), in the order of their fleet lines.
+    let late: HashSet<&str> = lines
+        .iter()
+        .filter(|l| l.partial())
+        .map(|l| l.get("window_start"))
+        .collect();
+    let fleet_order: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.get("scope") == "fleet" && late.contains(l.get("window_start")))
+        .map(|l| l.get("window_start"))
+        .collect();
+    let mut in_order = fleet_order.clone();
+    in_order.sort_unstable(); // RFC 3339 UTC sorts as time does
+    assert!(
+        fleet_order == in_order && fleet_order.len() >= 2,
+        "late fleet lines out of window order:\n{}",
+        verve.log_text()
+    );
+    for start in [first, second] {
+        let kinds: Vec<bool> = lines
+            .iter()
+            .filter(|l| l.get("window_start") == rfc3339(start))
+            .map(common::Line::partial)
+            .collect();
+        assert_eq!(kinds, [true, false], "{}", verve.log_text());
+    }
+}

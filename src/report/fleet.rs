@@ -7,6 +7,7 @@
 //! when the lease lapses. If the count cannot be read in time, the local count is logged
 //! as partial and the fleet report retries in the background until a bounded deadline.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -102,11 +103,13 @@ pub async fn report(shared: &Arc<Shared>, window: Arc<Window>) {
     });
     let line = Arc::new(parking_lot::Mutex::new(Line::None));
     let (fixed, on_time) = tokio::sync::oneshot::channel();
+    let unlogged = Unlogging::new(shared, window.start);
     shared.spawn(close(
         Arc::clone(shared),
         Arc::clone(&window),
         Arc::clone(&line),
         fixed,
+        unlogged,
     ));
     if tokio::time::timeout(read_timeout(shared), on_time)
         .await
@@ -122,6 +125,59 @@ pub async fn report(shared: &Arc<Shared>, window: Arc<Window>) {
         );
         log_local(shared, &window);
         *line = Line::Partial;
+        shared.unlogged.late(window.start);
+    }
+}
+
+/// The windows being closed whose fleet line is not in the count log yet, each with whether
+/// it was late (its partial line logged). A late window's fleet line waits for every earlier
+/// late window's (logged, or given up at its deadline, which comes first): two windows whose
+/// counts were late, fixed together after Redis came back, are logged in window order.
+#[derive(Default)]
+pub struct Unlogged(tokio::sync::watch::Sender<BTreeMap<i64, bool>>);
+
+impl Unlogged {
+    fn late(&self, window_start: i64) {
+        self.0.send_modify(|windows| {
+            if let Some(late) = windows.get_mut(&window_start) {
+                *late = true;
+            }
+        });
+    }
+
+    /// Waits until no window before `window_start` is late and unlogged.
+    async fn earlier_logged(&self, window_start: i64) {
+        let mut windows = self.0.subscribe();
+        let _ = windows
+            .wait_for(|w| !w.range(..window_start).any(|(_, &late)| late))
+            .await;
+    }
+}
+
+/// A window's place in [`Unlogged`], from its report until its fleet line is logged or its
+/// closing ends without one (given up, or dropped at shutdown).
+struct Unlogging {
+    shared: Arc<Shared>,
+    window_start: i64,
+}
+
+impl Unlogging {
+    fn new(shared: &Arc<Shared>, window_start: i64) -> Self {
+        shared.unlogged.0.send_modify(|windows| {
+            windows.insert(window_start, false);
+        });
+        Self {
+            shared: Arc::clone(shared),
+            window_start,
+        }
+    }
+}
+
+impl Drop for Unlogging {
+    fn drop(&mut self) {
+        self.shared.unlogged.0.send_modify(|windows| {
+            windows.remove(&self.window_start);
+        });
     }
 }
 
@@ -162,6 +218,7 @@ async fn close(
     window: Arc<Window>,
     line: Arc<parking_lot::Mutex<Line>>,
     fixed: tokio::sync::oneshot::Sender<()>,
+    unlogged: Unlogging,
 ) {
     let Some(store) = shared.store.as_ref() else {
         return;
@@ -181,9 +238,18 @@ async fn close(
         }
         tokio::time::sleep(STEP).await;
     };
-    {
+    // Once partial, a line stays so until this logs the fleet's; until then, every earlier
+    // late window goes first (each is bounded by its own deadline, before this one's).
+    loop {
+        let late = *line.lock() == Line::Partial;
+        if late {
+            shared.unlogged.earlier_logged(start).await;
+        }
         let mut line = line.lock();
-        if *line == Line::Partial {
+        if !late && *line == Line::Partial {
+            continue; // its partial line came in between: wait as a late window does
+        }
+        if late {
             log::warn!(
                 "window {}: fleet count {count} fixed late; logging it",
                 format_utc(start * 1000, false)
@@ -191,7 +257,9 @@ async fn close(
         }
         log_count(&shared, start, count, "fleet", None);
         *line = Line::Fleet;
+        break;
     }
+    drop(unlogged);
     let _ = fixed.send(());
     let published = closing.published;
     // The ids are no longer needed once the count is fixed; the endpoints are, until the
