@@ -64,6 +64,11 @@ fn read_timeout(shared: &Shared) -> Duration {
     redis.min(half_window)
 }
 
+/// Longest a late window whose count is fixed waits for an earlier late window's fleet line
+/// (counts fixed together after Redis came back are milliseconds apart): kept short, as its
+/// delivery and the republishing of its count wait with it.
+const LATE_ORDER_WAIT: Duration = Duration::from_secs(1);
+
 /// Pause between the steps of closing a window (marks awaited, a count not yet fixed).
 const STEP: Duration = Duration::from_millis(50);
 
@@ -131,8 +136,8 @@ pub async fn report(shared: &Arc<Shared>, window: Arc<Window>) {
 
 /// The windows being closed whose fleet line is not in the count log yet, each with whether
 /// it was late (its partial line logged). A late window's fleet line waits for every earlier
-/// late window's (logged, or given up at its deadline, which comes first): two windows whose
-/// counts were late, fixed together after Redis came back, are logged in window order.
+/// late window's (logged or given up), at most [`LATE_ORDER_WAIT`]: two windows whose counts
+/// were late, fixed together after Redis came back, are logged in window order.
 #[derive(Default)]
 pub struct Unlogged(tokio::sync::watch::Sender<BTreeMap<i64, bool>>);
 
@@ -239,11 +244,19 @@ async fn close(
         tokio::time::sleep(STEP).await;
     };
     // Once partial, a line stays so until this logs the fleet's; until then, every earlier
-    // late window goes first (each is bounded by its own deadline, before this one's).
+    // late window goes first, unless its count is still not fixed a moment later (this
+    // window's delivery and republishing must not wait for a stuck one).
     loop {
         let late = *line.lock() == Line::Partial;
-        if late {
-            shared.unlogged.earlier_logged(start).await;
+        if late
+            && tokio::time::timeout(LATE_ORDER_WAIT, shared.unlogged.earlier_logged(start))
+                .await
+                .is_err()
+        {
+            log::warn!(
+                "window {}: an earlier late window's count is still not fixed; logging this one first",
+                format_utc(start * 1000, false)
+            );
         }
         let mut line = line.lock();
         if !late && *line == Line::Partial {
