@@ -592,8 +592,16 @@ fn with_a_configured_key_stalled_members_and_a_newcomer_count_once() {
     let n = Verve::start(&keyed_args(&url, "16"));
     assert!(send_ids(n.addr, &ids, 2, "").iter().all(|(_, s)| *s == 200));
     wake.join().unwrap();
+    // Woken, a member notices its lapsed heartbeat (and stale merge) only at its next tick,
+    // so /readyz may answer 200 just before it fences itself for a moment: back means ready
+    // at two looks a second and a half apart.
+    let ready = || a.get("/readyz").status == 200 && b.get("/readyz").status == 200;
     let back = wait_for(Duration::from_secs(10), || {
-        (a.get("/readyz").status == 200 && b.get("/readyz").status == 200).then_some(())
+        (ready() && {
+            thread::sleep(Duration::from_millis(1500));
+            ready()
+        })
+        .then_some(())
     });
     assert!(back.is_some(), "the members did not come back");
     assert!(send_ids(b.addr, &ids, 2, "").iter().all(|(_, s)| *s == 200));
