@@ -11,7 +11,8 @@
 #   fleet-cluster   fleet mode on a 3-master Redis Cluster on this machine (--redis-cluster,
 #                   16 shards), every id fresh: for the record (not among the defaults)
 # Usage: scripts/bench.sh [SECONDS_PER_RUN] [ROUNDS] [SCENARIO...]   (defaults: 10 7, all)
-# Then the p99 at a fixed ~20 000 req/s of the single node and the fleet (BENCH_PACED=0 skips).
+# Then the p99 at a fixed ~20 000 req/s of the single node and the fleet (BENCH_PACED=0 skips;
+# BENCH_PACED_CONNECTIONS, 32 by default, sets its paced connections).
 # Fleet runs may see a few 503s (ids still waiting for Redis at a window's cutoff): counted.
 # bare runs on hyper's defaults (no timer, so no per-request header read timer); verve keeps
 # its header read timeout without hyper's timer (src/http/conns.rs). BARE_TIMER=1 gives bare
